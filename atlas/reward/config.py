@@ -1,0 +1,128 @@
+"""RIMConfig: the judges' settings, from code, a YAML file, or environment variables.
+
+Fields follow the original's rim_config (temperatures, variance_threshold, uncertainty_threshold,
+small_model, large_model, active_judges, max_workers) plus the transport (base_url, api_key_env, timeout,
+retries, backoff, json_mode), the cache, the aggregation rule and the consistency caps.
+
+`RIMConfig.load(path=None)` builds the default configuration: the dataclass defaults, then the keys of the
+YAML file at `path` (or at $ATLAS_REWARD_CONFIG), then these environment variables when set, which win
+(a deployment overrides a checked-in file, not the other way round):
+
+    ATLAS_JUDGE_BASE_URL   -> base_url     (e.g. http://localhost:8000/v1)
+    ATLAS_JUDGE_MODEL      -> small_model  (the tier-1 judge)
+    ATLAS_ARBITER_MODEL    -> large_model  (the arbiter)
+    ATLAS_JUDGE_API_KEY    -> read at call time through `api_key_env`, never stored in the config
+
+The YAML file is a flat mapping of field names; an unknown key is an error. `require_endpoint()` raises a
+ValueError naming the variable or key to set when the HTTP backend lacks its endpoint or models.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from atlas.reward.judges import JUDGES
+
+ENV_FIELDS = {
+    "ATLAS_JUDGE_BASE_URL": "base_url",
+    "ATLAS_JUDGE_MODEL": "small_model",
+    "ATLAS_ARBITER_MODEL": "large_model",
+}
+
+
+@dataclass
+class RIMConfig:
+    base_url: str | None = None
+    small_model: str | None = None
+    large_model: str | None = None
+    api_key_env: str = "ATLAS_JUDGE_API_KEY"
+    # the default judges work on a bare prompt/response pair; the others need context (see judges.py)
+    active_judges: tuple[str, ...] = ("accuracy", "process")
+    temperatures: tuple[float, ...] = (0.2, 0.5, 0.8)
+    arbiter_temperature: float = 0.3
+    variance_threshold: float = 0.15
+    uncertainty_threshold: float = 0.3
+    aggregation: str = "mean"  # "mean" (the runtime's) | "min_uncertainty" (the original trainer's)
+    consistency_caps: bool = True
+    cap_margin: float = 0.1  # process <= accuracy + margin; helpfulness <= diagnostic + margin
+    cap_gate: float = 0.5  # helpfulness <= gate when process < gate
+    max_tokens: int = 1024
+    max_workers: int = 16
+    timeout: float = 60.0
+    retries: int = 3
+    backoff: float = 0.5
+    json_mode: bool = True
+    cache: bool = True
+    cache_size: int = 16384
+    # None: a batch with an unscorable item raises JudgeError from RIM.__call__; a float is used instead
+    # for such items (and counted in RIM.stats["failed_items"]).
+    failure_score: float | None = None
+
+    def __post_init__(self) -> None:
+        self.active_judges = tuple(self.active_judges)
+        self.temperatures = tuple(float(t) for t in self.temperatures)
+        unknown = [j for j in self.active_judges if j not in JUDGES]
+        if unknown or not self.active_judges:
+            raise ValueError(
+                f"active_judges {list(self.active_judges)}: choose one or more of {list(JUDGES)}")
+        if len(set(self.active_judges)) != len(self.active_judges):
+            raise ValueError(f"active_judges lists a judge twice: {list(self.active_judges)}")
+        if not self.temperatures or any(t < 0 for t in self.temperatures):
+            raise ValueError(
+                f"temperatures must be one or more non-negative numbers, got {self.temperatures}")
+        if self.aggregation not in ("mean", "min_uncertainty"):
+            raise ValueError(f"aggregation must be 'mean' or 'min_uncertainty', got {self.aggregation!r}")
+        for name in ("variance_threshold", "uncertainty_threshold", "cap_margin", "cap_gate"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+        if self.failure_score is not None and not 0.0 <= self.failure_score <= 1.0:
+            raise ValueError(f"failure_score must be None or lie in [0, 1], got {self.failure_score}")
+        if self.max_tokens < 1 or self.max_workers < 1 or self.cache_size < 1:
+            raise ValueError("max_tokens, max_workers and cache_size must be >= 1")
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike, **overrides) -> RIMConfig:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping of RIMConfig fields, got {type(data).__name__}")
+        return cls._from_mapping({**data, **overrides}, source=str(path))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | None = None, **overrides) -> RIMConfig:
+        """Defaults <- YAML (`path` or $ATLAS_REWARD_CONFIG) <- ATLAS_JUDGE_* env vars <- `overrides`."""
+        path = path or os.environ.get("ATLAS_REWARD_CONFIG")
+        data: dict = {}
+        if path:
+            data = dataclasses.asdict(cls.from_yaml(path))
+        for var, name in ENV_FIELDS.items():
+            if os.environ.get(var):
+                data[name] = os.environ[var]
+        return cls._from_mapping({**data, **overrides}, source="arguments")
+
+    @classmethod
+    def _from_mapping(cls, data: dict, source: str) -> RIMConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"{source}: unknown RIMConfig key(s) {unknown}; valid keys: {sorted(names)}")
+        return cls(**data)
+
+    def api_key(self) -> str | None:
+        return os.environ.get(self.api_key_env) or None
+
+    def require_endpoint(self) -> None:
+        """The HTTP backend needs an endpoint and both models; say exactly what to set."""
+        missing = [
+            f"{var} (or '{name}' in the YAML config)"
+            for var, name in ENV_FIELDS.items() if not getattr(self, name)
+        ]
+        if missing:
+            raise ValueError(
+                "no judge endpoint configured: set " + ", ".join(missing)
+                + "; or pass RIMConfig(base_url=..., small_model=..., large_model=...)"
+            )
