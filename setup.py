@@ -1,10 +1,12 @@
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 setup(
     name="atlas",
     version="0.1.0",
     description="Turn an LLM agent's runtime traces into better checkpoints: GRPO, GKD, adaptive teaching.",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["atlas", "atlas.*"]),

@@ -1,0 +1,188 @@
+"""Tokenizer: Hugging Face `tokenizers` plus the checkpoint's chat template, rendered as transformers does.
+
+Reads `tokenizer.json` (the fast tokenizer: vocab, merges, pre/post-processing, added tokens) and
+`tokenizer_config.json` (bos/eos/pad/unk names, added-token flags, the chat template, which newer
+checkpoints keep in `chat_template.jinja` instead). The chat template is Jinja, rendered in jinja2's
+immutable sandbox with transformers' environment: trim_blocks, lstrip_blocks, loop controls, a `tojson`
+that does not HTML-escape, `raise_exception`, `strftime_now`, and the `{% generation %}` block (rendered as
+its body). Template variables: messages, tools, documents, add_generation_prompt, the named special
+tokens (bos_token, eos_token, ...) and any extra keyword (Qwen3's `enable_thinking`). Messages' keys
+whose value is None are dropped first, as transformers does. Without a template, ChatML is used.
+
+Left out: slow (sentencepiece/tiktoken-only) tokenizers, `continue_final_message`, assistant-token masks,
+tool schemas from Python callables.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from datetime import datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from jinja2.ext import Extension
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from tokenizers import Tokenizer as _HFTokenizer
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+          "chat_template.json")
+_NAMED_SPECIALS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+
+
+class Tokenizer:
+    """encode/decode (single and batch) and apply_chat_template over a `tokenizers.Tokenizer`."""
+
+    def __init__(self, tokenizer: _HFTokenizer, config: dict[str, Any] | None = None,
+                 chat_template: str | None = None, source_dir: Path | None = None):
+        self._tok = tokenizer
+        self.config = dict(config or {})
+        self.chat_template = chat_template or _template_from_config(self.config)
+        self.source_dir = source_dir
+        self.special_tokens = {k: v for k in _NAMED_SPECIALS if (v := _token_str(self.config.get(k)))}
+        for name in ("bos", "eos", "pad", "unk"):
+            token = self.special_tokens.get(f"{name}_token")
+            token_id = None if token is None else self._tok.token_to_id(token)
+            if token is not None and token_id is None:
+                raise ValueError(f"tokenizer_config {name}_token {token!r} is not in the vocabulary")
+            setattr(self, f"{name}_token", token)
+            setattr(self, f"{name}_token_id", token_id)
+
+    @classmethod
+    def from_pretrained(cls, path_or_hub_id: str | os.PathLike) -> Tokenizer:
+        from atlas.model.weights import resolve
+
+        directory = resolve(path_or_hub_id)
+        if not (directory / "tokenizer.json").exists():
+            raise ValueError(
+                f"no tokenizer.json in {directory}: atlas reads fast-tokenizer files; convert once with "
+                "transformers: AutoTokenizer.from_pretrained(dir).save_pretrained(dir)"
+            )
+        config = _read_json(directory / "tokenizer_config.json")
+        for key, value in _read_json(directory / "special_tokens_map.json").items():
+            config.setdefault(key, value)
+        template = None
+        if (directory / "chat_template.jinja").exists():
+            template = (directory / "chat_template.jinja").read_text(encoding="utf-8")
+        elif (directory / "chat_template.json").exists():
+            template = _read_json(directory / "chat_template.json").get("chat_template")
+        tok = _HFTokenizer.from_file(str(directory / "tokenizer.json"))
+        return cls(tok, config, template, source_dir=directory)
+
+    @property
+    def vocab_size(self) -> int:
+        """Size including added tokens (the model's embedding may be larger, padded for efficiency)."""
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self._tok.token_to_id(token)
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """As transformers: `add_special_tokens` applies the post-processor (e.g. Llama 3's BOS)."""
+        return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def encode_batch(self, texts: list[str], add_special_tokens: bool = True) -> list[list[int]]:
+        return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=add_special_tokens)]
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def decode_batch(self, batch: list[list[int]], skip_special_tokens: bool = False) -> list[str]:
+        return self._tok.decode_batch([list(ids) for ids in batch], skip_special_tokens=skip_special_tokens)
+
+    def apply_chat_template(
+        self,
+        messages: list[dict[str, Any]],
+        add_generation_prompt: bool = True,
+        tokenize: bool = False,
+        tools: list[dict] | None = None,
+        documents: list[dict] | None = None,
+        **kwargs: Any,
+    ) -> str | list[int]:
+        """Render `messages` with the checkpoint's template; token ids (no extra specials) if `tokenize`."""
+        if not messages:
+            raise ValueError("apply_chat_template needs at least one message")
+        for m in messages:
+            if not isinstance(m, dict) or "role" not in m:
+                raise ValueError(f"each message must be a dict with a 'role', got {m!r}")
+        messages = [{k: v for k, v in m.items() if v is not None} for m in messages]
+        text = _compile(self.chat_template).render(
+            messages=messages, tools=tools, documents=documents, add_generation_prompt=add_generation_prompt,
+            **{**self.special_tokens, **kwargs},
+        )
+        return self.encode(text, add_special_tokens=False) if tokenize else text
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Copy the tokenizer files it was loaded from (or write them when it was built in memory)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        if self.source_dir is not None:
+            for name in _FILES:
+                if (self.source_dir / name).exists():
+                    shutil.copyfile(self.source_dir / name, directory / name)
+            return
+        self._tok.save(str(directory / "tokenizer.json"))
+        config = {**self.config, "chat_template": self.chat_template,
+                  "tokenizer_class": self.config.get("tokenizer_class", "PreTrainedTokenizerFast")}
+        (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
+def _token_str(value: Any) -> str | None:
+    """tokenizer_config stores special tokens as strings or as AddedToken dicts ({"content": ...})."""
+    if isinstance(value, dict):
+        return value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def _template_from_config(config: dict[str, Any]) -> str:
+    template = config.get("chat_template")
+    if isinstance(template, list):  # named templates: [{"name": "default", "template": ...}, ...]
+        named = {t.get("name"): t.get("template") for t in template}
+        template = named.get("default")
+    return template or CHATML_TEMPLATE
+
+
+class _GenerationBlock(Extension):
+    """`{% generation %}...{% endgeneration %}` marks assistant text for masks; atlas renders the body."""
+
+    tags = {"generation"}
+
+    def parse(self, parser):
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return jinja2.nodes.CallBlock(self.call_method("_render"), [], [], body).set_lineno(lineno)
+
+    def _render(self, caller):
+        return caller()
+
+
+def _raise_exception(message: str):
+    raise jinja2.exceptions.TemplateError(message)
+
+
+def _tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+@lru_cache(maxsize=16)
+def _compile(template: str) -> jinja2.Template:
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationBlock, jinja2.ext.loopcontrols]
+    )
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    return env.from_string(template)

@@ -1,0 +1,359 @@
+"""One pre-norm decoder for Llama 3.x, Qwen2/Qwen2.5 and Qwen3.
+
+    h = embed(ids)
+    for each layer:  h = h + Attn(RMSNorm(h));  h = h + MLP(RMSNorm(h))
+    logits = RMSNorm(h) @ W_lm^T                      (W_lm = W_embed when embeddings are tied)
+
+    RMSNorm(x)   = w * x / sqrt(mean(x^2) + eps), computed in fp32 and cast back (as transformers does)
+    MLP(x)       = W_down (silu(W_gate x) * W_up x)
+    Attn(x)      = W_o softmax(rope(q) rope(k)^T / sqrt(D) + mask) v,  q/k/v = W_{q,k,v} x (+ bias for Qwen2),
+                   Qwen3 applies RMSNorm per head to q and k before rope; k/v have num_key_value_heads (GQA).
+    rope(x)_t    = x * cos(t * f) + rotate_half(x) * sin(t * f), f = inverse frequencies (see `rope_inv_freq`)
+
+Module and parameter names mirror transformers' minus its `model.` prefix, so HF checkpoints map 1:1
+(see weights.py).
+
+`Transformer.forward` covers every caller in atlas:
+- plain causal batches (`model(ids_BT)`), left- or right-padded batches (`attention_mask_BT`, positions
+  derived from it as transformers does), packed sequences (`cu_seqlens`, flash-attn's varlen kernel on CUDA
+  when installed, a block-diagonal causal mask otherwise), explicit `positions_BT`;
+- a static KV cache (`KVCache`) for the sampler: new keys/values are written at slots [pos, pos + T) and
+  queries attend to every valid slot before them;
+- `return_hidden=True` returns the final normed hidden states instead of logits, so trainers compute
+  log-probabilities from hidden states and the LM head in chunks (atlas.kernels) without a [T, V] tensor.
+
+Left out: dropout (atlas fine-tunes without it), sliding windows, attention sinks, MoE.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from atlas.model.config import ModelConfig
+
+try:  # optional: flash-attn's varlen kernel for packed sequences on CUDA
+    from flash_attn import flash_attn_varlen_func
+except ImportError:
+    flash_attn_varlen_func = None
+
+
+def rope_inv_freq(config: ModelConfig, device: torch.device | str | None = None) -> tuple[torch.Tensor, float]:
+    """Inverse frequencies f [D/2] and the cos/sin scale for the config's rope type.
+
+    default: f_i = theta^(-2i/D).  linear: f / factor.
+    llama3:  wavelengths 2pi/f longer than L_orig/low_freq_factor are divided by factor, shorter than
+             L_orig/high_freq_factor kept, and in between blended with s = (L_orig/wavelen - low)/(high - low).
+    yarn:    f = f_interp (1 - m) + f_extrap m with f_interp = f / factor and m a linear ramp over the
+             dimensions between the beta_fast/beta_slow correction range; cos/sin scaled by 0.1 ln(factor) + 1
+             (or the mscale ratio, or an explicit attention_factor).
+    """
+    dim = config.head_dim
+    base = config.rope_theta
+    inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64, device=device).float() / dim))
+    scaling = config.rope_scaling or {"rope_type": "default"}
+    kind = scaling["rope_type"]
+    if kind == "default":
+        return inv_freq, 1.0
+    factor = float(scaling["factor"])
+    if kind == "linear":
+        return inv_freq / factor, 1.0
+    original = scaling["original_max_position_embeddings"]
+    if kind == "llama3":
+        low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > original / low, inv_freq / factor, inv_freq)
+        smooth = (original / wavelen - low) / (high - low)
+        blended = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < original / high) & ~(wavelen > original / low)
+        return torch.where(medium, blended, scaled), 1.0
+    # yarn
+    def mscale(scale: float, m: float = 1.0) -> float:
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    attention_factor = scaling.get("attention_factor")
+    if attention_factor is None:
+        m, m_all = scaling.get("mscale"), scaling.get("mscale_all_dim")
+        attention_factor = mscale(factor, m) / mscale(factor, m_all) if m and m_all else mscale(factor)
+    beta_fast = scaling.get("beta_fast") or 32
+    beta_slow = scaling.get("beta_slow") or 1
+
+    def correction_dim(rotations: float) -> float:
+        return dim * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+    lo, hi = correction_dim(beta_fast), correction_dim(beta_slow)
+    if scaling.get("truncate", True):
+        lo, hi = math.floor(lo), math.ceil(hi)
+    lo, hi = max(lo, 0), min(hi, dim - 1)
+    if lo == hi:
+        hi += 0.001  # avoid a zero-width ramp
+    ramp = ((torch.arange(dim // 2, dtype=torch.float32, device=device) - lo) / (hi - lo)).clamp(0, 1)
+    extrapolate = 1 - ramp
+    inv_freq = (inv_freq / factor) * (1 - extrapolate) + inv_freq * extrapolate
+    return inv_freq, float(attention_factor)
+
+
+def apply_rope(x_BHTD: torch.Tensor, cos_BTD: torch.Tensor, sin_BTD: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x_BHTD.chunk(2, dim=-1)
+    rotated = torch.cat((-x2, x1), dim=-1)
+    return x_BHTD * cos_BTD[:, None] + rotated * sin_BTD[:, None]
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+class KVCache:
+    """Static key/value buffers for every layer: k, v [L, B, KVH, S, D], plus which slots hold real tokens.
+
+    A forward with the cache writes slots [pos, pos + T) for every row and advances `pos`; rows of
+    different lengths are left-padded so all rows write the same slots (one slice assignment, no scatter),
+    and `valid_BS` keeps pads out of attention. Memory: 2 * L * B * KVH * S * D * bytes(dtype).
+    """
+
+    def __init__(self, config: ModelConfig, batch_size: int, max_len: int, *, dtype: torch.dtype,
+                 device: torch.device | str):
+        shape = (config.num_hidden_layers, batch_size, config.num_key_value_heads, max_len, config.head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.valid_BS = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)
+        self.pos = 0
+        self.has_pad = False  # whether any written slot is a pad (then attention needs a mask)
+
+    @property
+    def batch_size(self) -> int:
+        return self.k.shape[1]
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[3]
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        """Keep only `rows` (a 1-D index into the batch, repeats allowed): compaction and forking."""
+        self.k = self.k.index_select(1, rows)
+        self.v = self.v.index_select(1, rows)
+        self.valid_BS = self.valid_BS.index_select(0, rows)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        h, d = config.hidden_size, config.head_dim
+        self.n_heads, self.n_kv_heads, self.head_dim = config.num_attention_heads, config.num_key_value_heads, d
+        self.q_proj = nn.Linear(h, self.n_heads * d, bias=config.attention_bias)
+        self.k_proj = nn.Linear(h, self.n_kv_heads * d, bias=config.attention_bias)
+        self.v_proj = nn.Linear(h, self.n_kv_heads * d, bias=config.attention_bias)
+        # Qwen2 puts bias on q/k/v only; Llama and Qwen3's attention_bias covers o_proj too
+        self.o_proj = nn.Linear(self.n_heads * d, h, bias=config.attention_bias and config.model_type != "qwen2")
+        if config.qk_norm:
+            self.q_norm = RMSNorm(d, config.rms_norm_eps)
+            self.k_norm = RMSNorm(d, config.rms_norm_eps)
+
+    def forward(self, x_BTH: torch.Tensor, cos_BTD: torch.Tensor, sin_BTD: torch.Tensor, ctx: _AttnContext,
+                layer: int) -> torch.Tensor:
+        B, T, _ = x_BTH.shape
+        q = self.q_proj(x_BTH).view(B, T, self.n_heads, self.head_dim)
+        k = self.k_proj(x_BTH).view(B, T, self.n_kv_heads, self.head_dim)
+        v = self.v_proj(x_BTH).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = apply_rope(q.transpose(1, 2), cos_BTD, sin_BTD)
+        k = apply_rope(k.transpose(1, 2), cos_BTD, sin_BTD)
+
+        if ctx.cache is not None:
+            cache, end = ctx.cache, ctx.cache.pos + T
+            cache.k[layer, :, :, cache.pos:end] = k
+            cache.v[layer, :, :, cache.pos:end] = v
+            k, v = cache.k[layer, :, :, :end], cache.v[layer, :, :, :end]
+
+        if ctx.max_seqlen is not None:  # packed sequences through flash-attn varlen
+            out = flash_attn_varlen_func(
+                q[0].transpose(0, 1), k[0].transpose(0, 1), v[0].transpose(0, 1), ctx.cu_seqlens, ctx.cu_seqlens,
+                ctx.max_seqlen, ctx.max_seqlen, causal=True,
+            )
+            out = out.unsqueeze(0)  # [1, T, H, D]
+        else:
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=ctx.mask, is_causal=ctx.is_causal, enable_gqa=self.n_heads != self.n_kv_heads
+            ).transpose(1, 2)
+        return self.o_proj(out.reshape(B, T, self.n_heads * self.head_dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        h, i, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
+        self.gate_proj = nn.Linear(h, i, bias=bias)
+        self.up_proj = nn.Linear(h, i, bias=bias)
+        self.down_proj = nn.Linear(i, h, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, h, cos, sin, ctx, layer):
+        h = h + self.self_attn(self.input_layernorm(h), cos, sin, ctx, layer)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class _AttnContext:
+    """What every layer's attention needs for one forward: built once, shared by all layers."""
+
+    def __init__(self, mask=None, is_causal=False, cache=None, cu_seqlens=None, max_seqlen=None):
+        self.mask, self.is_causal, self.cache = mask, is_causal, cache
+        self.cu_seqlens, self.max_seqlen = cu_seqlens, max_seqlen
+
+
+class Transformer(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(Block(config) for _ in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.tie_weights()
+        self.init_buffers()
+        self.apply(self._init_weights)
+
+    def tie_weights(self) -> None:
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+
+    def init_buffers(self, device: torch.device | str | None = None) -> None:
+        """(Re)compute the non-persistent rope buffer: after building on the meta device, or moving."""
+        inv_freq, self.rope_scale = rope_inv_freq(self.config, device=device)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, RMSNorm):
+            nn.init.ones_(module.weight)
+
+    def forward(
+        self,
+        input_ids_BT: torch.Tensor,
+        *,
+        positions_BT: torch.Tensor | None = None,
+        attention_mask_BT: torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        return_hidden: bool = False,
+    ) -> torch.Tensor:
+        """Logits [B, T, V] in the model's dtype, or with `return_hidden` the final normed hidden [B, T, H].
+
+        attention_mask_BT: 1 for real tokens, 0 for padding (left or right); pads attend only to themselves.
+        cu_seqlens: [S + 1] int32 cumulative lengths of S sequences packed into one row (B must be 1).
+        positions_BT: rope positions; derived from the mask / boundaries / cache position when omitted.
+        cache: a KVCache; this call writes slots [cache.pos, cache.pos + T) and advances cache.pos.
+        """
+        if input_ids_BT.dim() != 2:
+            raise ValueError(f"input_ids must be [batch, time], got shape {tuple(input_ids_BT.shape)}")
+        B, T = input_ids_BT.shape
+        device = input_ids_BT.device
+        ctx, positions = self._attention_context(B, T, device, attention_mask_BT, cu_seqlens, cache)
+        if positions_BT is not None:
+            if positions_BT.shape != (B, T):
+                raise ValueError(f"positions_BT must have shape {(B, T)}, got {tuple(positions_BT.shape)}")
+            positions = positions_BT
+
+        h = self.embed_tokens(input_ids_BT)
+        freqs = positions.to(torch.float32)[..., None] * self.inv_freq.float()
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos, sin = (emb.cos() * self.rope_scale).to(h.dtype), (emb.sin() * self.rope_scale).to(h.dtype)
+        for i, layer in enumerate(self.layers):
+            h = layer(h, cos, sin, ctx, i)
+        if cache is not None:
+            cache.pos += T
+        h = self.norm(h)
+        return h if return_hidden else self.lm_head(h)
+
+    def _attention_context(self, B, T, device, attention_mask_BT, cu_seqlens, cache):
+        """The attention mask (True = attend) and default positions for one forward."""
+        if cu_seqlens is not None:
+            if B != 1 or cache is not None or attention_mask_BT is not None:
+                raise ValueError("cu_seqlens packs sequences into one row: use batch size 1, no cache, no mask")
+            cu_seqlens = cu_seqlens.to(device=device, dtype=torch.int32)
+            if cu_seqlens[0] != 0 or cu_seqlens[-1] != T or (cu_seqlens.diff() <= 0).any():
+                raise ValueError(f"cu_seqlens must rise strictly from 0 to the row length {T}, got {cu_seqlens}")
+            t = torch.arange(T, device=device)
+            seq_T = torch.searchsorted(cu_seqlens[1:], t, right=True)
+            positions = (t - cu_seqlens[seq_T])[None]
+            if flash_attn_varlen_func is not None and device.type == "cuda" and self._half():
+                return _AttnContext(cu_seqlens=cu_seqlens, max_seqlen=int(cu_seqlens.diff().max())), positions
+            mask = (seq_T[:, None] == seq_T[None, :]) & (t[:, None] >= t[None, :])
+            return _AttnContext(mask=mask[None, None]), positions
+
+        start = cache.pos if cache is not None else 0
+        end = start + T
+        if cache is not None:
+            if cache.batch_size != B:
+                raise ValueError(f"cache holds {cache.batch_size} rows but the input has {B}")
+            if end > cache.max_len:
+                raise ValueError(f"cache overflow: writing slots up to {end} in a cache of {cache.max_len}")
+            cache.valid_BS[:, start:end] = True if attention_mask_BT is None else attention_mask_BT.bool()
+            if attention_mask_BT is not None and not bool(attention_mask_BT.all()):
+                cache.has_pad = True
+            valid_BS, padded = cache.valid_BS[:, :end], cache.has_pad
+        elif attention_mask_BT is not None:
+            if attention_mask_BT.shape != (B, T):
+                raise ValueError(f"attention_mask_BT must have shape {(B, T)}, got {tuple(attention_mask_BT.shape)}")
+            valid_BS = attention_mask_BT.bool()
+            padded = not bool(valid_BS.all())
+        else:
+            valid_BS, padded = None, False
+
+        if attention_mask_BT is not None:
+            # transformers' convention: a row's first real token is position 0, pads sit at 0
+            positions = (attention_mask_BT.long().cumsum(-1) - 1).clamp(min=0)
+            if cache is not None and start > 0:
+                positions = positions + cache.valid_BS[:, :start].sum(-1, keepdim=True)
+        elif cache is not None and cache.has_pad:
+            positions = cache.valid_BS[:, :start].sum(-1, keepdim=True) + torch.arange(T, device=device)
+        else:
+            positions = torch.arange(start, end, device=device).expand(B, T)
+
+        if not padded and (T == 1 or start == 0):
+            return _AttnContext(is_causal=T > 1, cache=cache), positions
+        q_slot = torch.arange(start, end, device=device)
+        k_slot = torch.arange(end, device=device)
+        mask = k_slot[None, :] <= q_slot[:, None]  # [T, S] causal
+        if valid_BS is not None:
+            # pads never serve as keys; a pad query attends to itself so its (ignored) row is not all -inf
+            mask = (mask & valid_BS[:, None, :]) | (k_slot[None, :] == q_slot[:, None])
+            return _AttnContext(mask=mask[:, None], cache=cache), positions
+        return _AttnContext(mask=mask[None, None], cache=cache), positions
+
+    def _half(self) -> bool:
+        return self.embed_tokens.weight.dtype in (torch.float16, torch.bfloat16)
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed_tokens.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed_tokens.weight.dtype
