@@ -1,0 +1,314 @@
+"""Stream sessions from the runtime's Postgres store, read-only, filtered in SQL, in batches.
+
+How it reads (psycopg 3):
+- one READ ONLY, REPEATABLE READ transaction: the database cannot be written through this connection,
+  and every query below sees the same snapshot, so the exclusion counts match the streamed sessions;
+- every filter is a parameterised WHERE clause (`SessionFilter` -> SQL, mirrored clause by clause from
+  `SessionFilter.reason`), so gated sessions never leave the server;
+- a server-side (named) cursor over `sessions JOIN plans`, fetched `batch_size` rows at a time, so memory
+  stays flat however many sessions match;
+- per batch, one query each for step results, guidance notes and (only with `include_events=True`)
+  trajectory events, with `session_id = ANY(batch ids)`: four queries per batch, never one per session;
+- each session is assembled into the SDK export's record shape and parsed by schema.parse_session, the
+  parser the JSONL path uses, so both sources give the same `Session` for the same data.
+Only SELECT is needed. A connection failure raises `ConnectionError` naming host, port, database and
+user; the password never appears in messages or logs (`redact_url`).
+
+Left out: `step_attempts` and `learning_registry` (not needed to train), writing anything, and
+filters on fields other than those of `SessionFilter`.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+from atlas.data.gating import LoadReport, SessionFilter
+from atlas.data.schema import Session, parse_session
+
+__all__ = ["iter_postgres", "redact_url"]
+
+# Fields the SDK keeps in the metadata column and its export lifts to the top level of the record.
+_LIFTED = (
+    "execution_mode", "adaptive_summary", "triage_dossier", "learning_key", "learning_history",
+    "teacher_notes", "reward_summary", "drift", "drift_alert",
+)  # fmt: skip
+
+_SESSIONS = """
+SELECT s.id, s.task, s.status, s.metadata, s.final_answer, s.reward, s.reward_stats, s.reward_audit,
+       s.student_learning, s.teacher_learning, s.review_status, s.review_notes, s.created_at,
+       s.completed_at, p.plan
+FROM sessions s LEFT JOIN plans p ON p.session_id = s.id
+"""
+_STEPS = """
+SELECT session_id, step_id, trace, output, evaluation, attempts, metadata FROM step_results
+WHERE session_id = ANY(%s::int[]) ORDER BY session_id, step_id
+"""
+_GUIDANCE = """
+SELECT session_id, step_id, note FROM guidance_notes
+WHERE session_id = ANY(%s::int[]) ORDER BY session_id, step_id, sequence
+"""
+_EVENTS = """
+SELECT session_id, id, event, created_at FROM trajectory_events
+WHERE session_id = ANY(%s::int[]) ORDER BY session_id, created_at, id
+"""
+
+
+def redact_url(url: str) -> str:
+    """`url` with its password replaced by ***, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = netloc[0].split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
+
+
+def iter_postgres(
+    url: str,
+    filters: SessionFilter,
+    report: LoadReport,
+    *,
+    on_error: str,
+    include_events: bool,
+    limit: int | None,
+    batch_size: int,
+) -> Iterator[Session]:
+    """Yield the sessions in the database at `url` that pass `filters`, ordered by session id."""
+    conn = _connect(url)
+    last_id: int | None = None
+    outcome = "error"
+    try:
+        where, params = _where(filters)
+        query = _SESSIONS + where + " ORDER BY s.id"
+        if limit is not None:
+            query += " LIMIT %(limit)s"
+            params["limit"] = limit
+        with conn.cursor(name="atlas_load_sessions") as cursor:
+            cursor.execute(query, params)
+            while rows := cursor.fetchmany(batch_size):
+                children = _fetch_children(conn, [row[0] for row in rows], include_events)
+                for row in rows:
+                    last_id = row[0]
+                    try:
+                        session = parse_session(_record(row, *children), include_events=include_events)
+                    except (ValueError, RecursionError) as exc:
+                        message = f"{redact_url(url)}: session id {row[0]}: {exc}"
+                        if on_error == "raise":
+                            raise ValueError(f"{message}; pass on_error='skip' to skip and count it") from None
+                        report.add_error(message)
+                        continue
+                    # SQL already applied the filters; this catches a row whose JSON disagrees with them.
+                    reason = filters.reason(session)
+                    if reason is not None:
+                        report.excluded[reason] += 1
+                        continue
+                    report.yielded += 1
+                    yield session
+                    if limit is not None and report.yielded >= limit:
+                        report.limit_reached = True
+                        break
+                if report.limit_reached:
+                    break
+        outcome = "done"
+    except GeneratorExit:
+        report.stopped_early = True
+        outcome = "closed"
+        raise
+    finally:
+        try:
+            if outcome != "error" and not (outcome == "closed" and last_id is None):
+                partial = report.limit_reached or report.stopped_early
+                report.excluded.update(_count_excluded(conn, filters, last_id if partial else None))
+        finally:
+            conn.close()
+
+
+def _connect(url: str) -> psycopg.Connection:
+    try:
+        info = conninfo_to_dict(url)
+    except psycopg.ProgrammingError as exc:
+        raise ValueError(f"not a valid PostgreSQL URL: {redact_url(url)} ({exc})") from None
+    where = (
+        f"database {info.get('dbname') or '(default)'!r} at host {info.get('host') or 'localhost'} "
+        f"port {info.get('port') or 5432} as user {info.get('user') or '(default)'!r}"
+    )
+    extra = {} if "connect_timeout" in info else {"connect_timeout": 15}
+    try:
+        conn = psycopg.connect(url, **extra)
+    except psycopg.OperationalError as exc:
+        reason = str(exc).strip()
+        password = info.get("password")
+        if password:
+            reason = reason.replace(str(password), "***")
+        raise ConnectionError(f"could not connect to PostgreSQL {where}: {reason}") from None
+    # Set before the first statement, so the implicit BEGIN opens a read-only snapshot transaction.
+    conn.read_only = True
+    conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+    # Timestamps render as UTC, like the SDK's export; SET LOCAL is allowed in a read-only transaction.
+    conn.execute("SET LOCAL TIME ZONE 'UTC'")
+    return conn
+
+
+def _where(filters: SessionFilter) -> tuple[str, dict[str, Any]]:
+    clauses, params = [], {}
+    if filters.review_status is not None:
+        clauses.append("s.review_status = ANY(%(review_status)s)")
+        params["review_status"] = list(filters.review_status)
+    if filters.status is not None:
+        clauses.append("s.status = ANY(%(status)s)")
+        params["status"] = list(filters.status)
+    if filters.learning_key is not None:
+        clauses.append("s.metadata->>'learning_key' = %(learning_key)s")
+        params["learning_key"] = filters.learning_key
+    if filters.created_after is not None:
+        clauses.append("s.created_at >= %(created_after)s")
+        params["created_after"] = filters.created_after
+    if filters.min_reward is not None:
+        # The expression the SDK indexes, so the planner can use that index.
+        clauses.append("(s.reward_stats->>'score')::float >= %(min_reward)s")
+        params["min_reward"] = filters.min_reward
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def _count_excluded(conn: psycopg.Connection, filters: SessionFilter, through_id: int | None) -> dict[str, int]:
+    """Count the sessions the filters reject, by first failing reason, as `SessionFilter.reason` does."""
+    cases, params = [], {}
+    if filters.review_status is not None:
+        cases.append("WHEN NOT s.review_status = ANY(%(review_status)s) THEN 'review_status:' || s.review_status")
+        params["review_status"] = list(filters.review_status)
+    if filters.status is not None:
+        cases.append("WHEN NOT s.status = ANY(%(status)s) THEN 'status:' || s.status")
+        params["status"] = list(filters.status)
+    if filters.learning_key is not None:
+        cases.append("WHEN s.metadata->>'learning_key' IS DISTINCT FROM %(learning_key)s THEN 'learning_key'")
+        params["learning_key"] = filters.learning_key
+    if filters.created_after is not None:
+        cases.append("WHEN s.created_at < %(created_after)s THEN 'created_after'")
+        params["created_after"] = filters.created_after
+    if filters.min_reward is not None:
+        cases.append("WHEN s.reward_stats->>'score' IS NULL THEN 'reward:missing'")
+        cases.append("WHEN (s.reward_stats->>'score')::float < %(min_reward)s THEN 'reward:below_min'")
+        params["min_reward"] = filters.min_reward
+    if not cases:
+        return {}
+    bound = ""
+    if through_id is not None:
+        bound = " WHERE s.id <= %(through_id)s"
+        params["through_id"] = through_id
+    query = (
+        "SELECT reason, count(*) FROM (SELECT CASE " + " ".join(cases) + " END AS reason FROM sessions s"
+        + bound + ") r WHERE reason IS NOT NULL GROUP BY reason"
+    )
+    return dict(conn.execute(query, params).fetchall())
+
+
+def _fetch_children(
+    conn: psycopg.Connection, ids: list[int], include_events: bool
+) -> tuple[dict[int, list[tuple[Any, ...]]], dict[tuple[int, int], list[str]], dict[int, list[dict]] | None]:
+    """Step results, guidance notes and (optionally) events of a batch of sessions: one query each."""
+    steps: dict[int, list[tuple[Any, ...]]] = defaultdict(list)
+    for row in conn.execute(_STEPS, (ids,)):
+        steps[row[0]].append(row)
+    guidance: dict[tuple[int, int], list[str]] = defaultdict(list)
+    for session_id, step_id, note in conn.execute(_GUIDANCE, (ids,)):
+        guidance[session_id, step_id].append(note)
+    if not include_events:
+        return steps, guidance, None
+    events: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for session_id, event_id, event, created_at in conn.execute(_EVENTS, (ids,)):
+        events[session_id].append({"id": event_id, "event": event, "created_at": _iso(created_at)})
+    return steps, guidance, events
+
+
+def _record(
+    row: tuple[Any, ...],
+    steps: dict[int, list[tuple[Any, ...]]],
+    guidance: dict[tuple[int, int], list[str]],
+    events: dict[int, list[dict[str, Any]]] | None,
+) -> dict[str, Any]:
+    """One session row and its children in the SDK export's record shape."""
+    (session_id, task, status, metadata, final_answer, reward, reward_stats, reward_audit,
+     student_learning, teacher_learning, review_status, review_notes, created_at, completed_at, plan) = row  # fmt: skip
+    meta = dict(_object(metadata, "the metadata column"))
+    # As the SDK's export: the columns are the truth for id, status and review; timestamps only fill gaps.
+    meta["session_id"] = session_id
+    meta["status"] = status
+    if created_at is not None and not meta.get("created_at"):
+        meta["created_at"] = _iso(created_at)
+    if completed_at is not None and not meta.get("completed_at"):
+        meta["completed_at"] = _iso(completed_at)
+    meta["review_status"] = review_status
+    if reward_stats is not None:
+        meta["reward_stats"] = reward_stats
+    if reward_audit is not None:
+        meta["reward_audit"] = reward_audit
+
+    plan = _object(plan, "plans.plan")
+    plan_steps = plan.get("steps")
+    by_id = {p.get("id"): p for p in plan_steps if isinstance(p, dict)} if isinstance(plan_steps, list) else {}
+    record: dict[str, Any] = {
+        "task": task,
+        "final_answer": final_answer or "",
+        "plan": plan,
+        "steps": [
+            _step(r, by_id.get(r[1]) or {}, guidance.get((session_id, r[1]), [])) for r in steps.get(session_id, [])
+        ],
+        "session_metadata": meta,
+        "review_status": review_status,
+    }
+    for key, value in (
+        ("review_notes", review_notes), ("reward_stats", reward_stats), ("session_reward", reward),
+        ("reward_audit", reward_audit), ("student_learning", student_learning),
+        ("teacher_learning", teacher_learning),
+    ):  # fmt: skip
+        if value not in (None, "", [], {}):
+            record[key] = value
+    for key in _LIFTED:
+        value = meta.get(key)
+        if value is not None and value not in ("", [], {}):
+            record[key] = value
+    if events is not None:
+        record["trajectory_events"] = events.get(session_id, [])
+    return record
+
+
+def _step(row: tuple[Any, ...], plan_step: dict[str, Any], notes: list[str]) -> dict[str, Any]:
+    _, step_id, trace, output, evaluation, attempts, metadata = row
+    evaluation = _object(evaluation, f"step_results.evaluation of step {step_id}")
+    metadata = _object(metadata, f"step_results.metadata of step {step_id}")
+    step = {
+        "step_id": step_id,
+        "description": plan_step.get("description") or "",
+        "trace": trace or "",
+        "output": output or "",
+        "reward": evaluation.get("reward") or {},
+        "tool": plan_step.get("tool"),
+        "tool_params": plan_step.get("tool_params") or {},
+        "validation": evaluation.get("validation") or {},
+        "attempts": attempts,
+        "guidance": notes,
+        "metadata": metadata,
+    }
+    # The SDK's export copies the step metadata's keys onto the step (deliverable, runtime, usage, ...).
+    for key, value in metadata.items():
+        step.setdefault(key, value)
+    return step
+
+
+def _object(value: Any, what: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} must hold a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
