@@ -1,0 +1,277 @@
+"""The autograd plumbing shared by both backends: whole-logits and chunked (hidden @ W.T) variants.
+
+Each backend supplies only row math: a forward that reduces a [n, V] logits block to per-row values and
+saves per-row statistics, and a backward that overwrites that block, in place, with dLoss/dlogits. The
+functions here decide what is stored, what is recomputed and how chunks are walked, so the Triton path
+and its torch twin (reference.py) cannot drift apart in anything but arithmetic.
+
+Chunked variants (`hidden_NH @ weight_VH.T` in chunks of C rows):
+  forward   z_CV = (h_CH / T) @ W.T per chunk -> row forward -> per-token outputs + per-row statistics;
+            z_CV is dropped, nothing of size [N, V] is kept.
+  backward  z_CV is recomputed, the row backward turns it into G_CV = dL/dz in place (no second [C, V]
+            buffer), then dH_CH = G_CV @ W / T and dW += G_CV.T @ (h_CH / T).
+  Folding 1/T into the small h_CH instead of the large z_CV saves a [C, V] pass; the rows then always
+  see temperature 1.
+  Cost: 4 matmuls of N x V x H (forward 1, backward 3) against the naive path's 3, but no [N, V]
+  tensor is ever written to memory, which is what dominates the naive path's time.
+  Gradients of the outputs are per token and unknown in forward, so dW cannot be formed early (as
+  Liger does for a scalar loss); recomputing z in backward is what makes per-token outputs possible.
+  dW is accumulated in fp32 across chunks whatever the weight dtype (bf16 sums over 30+ chunks lose
+  ~1e-2 relative), then cast to the weight dtype: one extra [V, H] fp32 buffer for bf16/fp16 weights.
+
+Left out: compacting ignored/masked rows before the matmul (they are computed, then zeroed), and
+sequence packing (callers flatten to [N, H] themselves).
+"""
+
+import torch
+
+from atlas.kernels.common import (
+    check_beta,
+    check_linear,
+    check_logits,
+    check_mask,
+    check_targets,
+    check_temperature,
+    chunk_rows,
+)
+
+F32 = torch.float32
+
+
+def _scaled(h: torch.Tensor, inv_temperature: float) -> torch.Tensor:
+    return h if inv_temperature == 1.0 else h * inv_temperature
+
+
+def _grad_or_zeros(g: torch.Tensor | None, n: int, like: torch.Tensor) -> torch.Tensor:
+    if g is None:
+        return torch.zeros(n, dtype=F32, device=like.device)
+    return g.reshape(n).to(F32).contiguous()
+
+
+class TokenLogprobs(torch.autograd.Function):
+    """logits [N, V] -> logprobs [N] (and entropy [N]); backward recomputes softmax from the saved lse."""
+
+    @staticmethod
+    def forward(ctx, logits_NV, targets_N, inv_temperature, ignore_index, with_entropy, rows_fwd, rows_bwd):
+        lp_N, lse_N, ent_N = rows_fwd(logits_NV, targets_N, inv_temperature, ignore_index, with_entropy)
+        ctx.save_for_backward(logits_NV, targets_N, lse_N, ent_N)
+        ctx.args = (inv_temperature, ignore_index, rows_bwd)
+        return (lp_N, ent_N) if with_entropy else lp_N
+
+    @staticmethod
+    def backward(ctx, g_lp_N, g_ent_N=None):
+        logits_NV, targets_N, lse_N, ent_N = ctx.saved_tensors
+        inv_temperature, ignore_index, rows_bwd = ctx.args
+        n = logits_NV.shape[0]
+        # The row backward overwrites its buffer; the caller's logits must survive (they may feed other
+        # losses), so it gets a copy, which becomes the returned gradient.
+        grad_NV = logits_NV.clone()
+        g_ent = None if g_ent_N is None else _grad_or_zeros(g_ent_N, n, logits_NV)
+        rows_bwd(grad_NV, targets_N, lse_N, ent_N, _grad_or_zeros(g_lp_N, n, logits_NV), g_ent,
+                 inv_temperature, ignore_index)
+        return grad_NV, None, None, None, None, None, None
+
+
+class LinearTokenLogprobs(torch.autograd.Function):
+    """hidden [N, H], weight [V, H] -> logprobs [N] (and entropy [N]), chunked over N."""
+
+    @staticmethod
+    def forward(ctx, hidden_NH, weight_VH, targets_N, inv_temperature, ignore_index, chunk, with_entropy,
+                rows_fwd, rows_bwd):
+        n = hidden_NH.shape[0]
+        lp_N = torch.empty(n, dtype=F32, device=hidden_NH.device)
+        lse_N = torch.empty_like(lp_N)
+        ent_N = torch.empty_like(lp_N) if with_entropy else None
+        for s in range(0, n, chunk):
+            e = min(s + chunk, n)
+            z_CV = _scaled(hidden_NH[s:e], inv_temperature) @ weight_VH.T
+            lp, lse, ent = rows_fwd(z_CV, targets_N[s:e], 1.0, ignore_index, with_entropy)
+            lp_N[s:e], lse_N[s:e] = lp, lse
+            if with_entropy:
+                ent_N[s:e] = ent
+            del z_CV
+        ctx.save_for_backward(hidden_NH, weight_VH, targets_N, lse_N, ent_N)
+        ctx.args = (inv_temperature, ignore_index, chunk, rows_bwd)
+        return (lp_N, ent_N) if with_entropy else lp_N
+
+    @staticmethod
+    def backward(ctx, g_lp_N, g_ent_N=None):
+        hidden_NH, weight_VH, targets_N, lse_N, ent_N = ctx.saved_tensors
+        inv_temperature, ignore_index, chunk, rows_bwd = ctx.args
+        n = hidden_NH.shape[0]
+        g_lp_N = _grad_or_zeros(g_lp_N, n, hidden_NH)
+        g_ent_N = None if g_ent_N is None else _grad_or_zeros(g_ent_N, n, hidden_NH)
+        d_hidden, d_weight = _chunked_backward(
+            ctx, hidden_NH, weight_VH, chunk, inv_temperature,
+            lambda z_CV, s, e: rows_bwd(
+                z_CV, targets_N[s:e], lse_N[s:e], None if ent_N is None else ent_N[s:e], g_lp_N[s:e],
+                None if g_ent_N is None else g_ent_N[s:e], 1.0, ignore_index),
+        )
+        return d_hidden, d_weight, None, None, None, None, None, None, None
+
+
+def _chunked_backward(ctx, hidden_NH, weight_VH, chunk, inv_temperature, rows_bwd):
+    """Recompute z per chunk, let rows_bwd(z_CV, start, end) turn it into dL/dz in place, then the matmuls."""
+    need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    n = hidden_NH.shape[0]
+    d_hidden = torch.empty_like(hidden_NH) if need_h else None
+    d_weight = torch.zeros(weight_VH.shape, dtype=F32, device=weight_VH.device) if need_w else None
+    if not (need_h or need_w):
+        return None, None
+    for s in range(0, n, chunk):
+        e = min(s + chunk, n)
+        h_CH = _scaled(hidden_NH[s:e], inv_temperature)
+        z_CV = h_CH @ weight_VH.T
+        rows_bwd(z_CV, s, e)
+        if need_h:
+            torch.mm(z_CV, weight_VH, out=d_hidden[s:e])
+            if inv_temperature != 1.0:
+                d_hidden[s:e].mul_(inv_temperature)
+        if need_w:
+            if z_CV.dtype == F32:
+                d_weight.addmm_(z_CV.T, h_CH)
+            else:
+                # Low-precision product per chunk (cuBLAS accumulates it in fp32), summed across chunks in fp32.
+                d_weight.add_(z_CV.T @ h_CH)
+        del z_CV
+    if need_w:
+        d_weight = d_weight.to(weight_VH.dtype)
+    return d_hidden, d_weight
+
+
+class GeneralizedJSD(torch.autograd.Function):
+    """student/teacher logits [N, V] -> scale * JSD_beta [N], zero where mask is False; teacher constant."""
+
+    @staticmethod
+    def forward(ctx, student_NV, teacher_NV, mask_N, beta, inv_temperature, scale, rows_fwd, rows_bwd):
+        jsd_N, lse_s, lse_t, c_N = rows_fwd(student_NV, teacher_NV, beta, inv_temperature)
+        out_N = _scale_and_mask(jsd_N, scale, mask_N)
+        ctx.save_for_backward(student_NV, teacher_NV, mask_N, lse_s, lse_t, c_N)
+        ctx.args = (beta, inv_temperature, scale, rows_bwd)
+        return out_N
+
+    @staticmethod
+    def backward(ctx, g_N):
+        student_NV, teacher_NV, mask_N, lse_s, lse_t, c_N = ctx.saved_tensors
+        beta, inv_temperature, scale, rows_bwd = ctx.args
+        g_N = _scale_and_mask(_grad_or_zeros(g_N, student_NV.shape[0], student_NV), scale, mask_N)
+        grad_NV = student_NV.clone()
+        rows_bwd(grad_NV, teacher_NV, lse_s, lse_t, c_N, g_N, beta, inv_temperature)
+        return grad_NV, None, None, None, None, None, None, None
+
+
+class LinearGeneralizedJSD(torch.autograd.Function):
+    """Chunked JSD from hidden states: student (h_s, W_s) differentiable, teacher (h_t, W_t) constant."""
+
+    @staticmethod
+    def forward(ctx, hs_NH, ws_VH, ht_NK, wt_VK, mask_N, beta, inv_temperature, scale, chunk,
+                rows_fwd, rows_bwd):
+        n = hs_NH.shape[0]
+        out_N = torch.empty(n, dtype=F32, device=hs_NH.device)
+        lse_s, lse_t, c_N = torch.empty_like(out_N), torch.empty_like(out_N), torch.empty_like(out_N)
+        for s in range(0, n, chunk):
+            e = min(s + chunk, n)
+            zs_CV = _scaled(hs_NH[s:e], inv_temperature) @ ws_VH.T
+            zt_CV = _scaled(ht_NK[s:e], inv_temperature) @ wt_VK.T
+            out_N[s:e], lse_s[s:e], lse_t[s:e], c_N[s:e] = rows_fwd(zs_CV, zt_CV, beta, 1.0)
+            del zs_CV, zt_CV
+        ctx.save_for_backward(hs_NH, ws_VH, ht_NK, wt_VK, mask_N, lse_s, lse_t, c_N)
+        ctx.args = (beta, inv_temperature, scale, chunk, rows_bwd)
+        return _scale_and_mask(out_N, scale, mask_N)
+
+    @staticmethod
+    def backward(ctx, g_N):
+        hs_NH, ws_VH, ht_NK, wt_VK, mask_N, lse_s, lse_t, c_N = ctx.saved_tensors
+        beta, inv_temperature, scale, chunk, rows_bwd = ctx.args
+        g_N = _scale_and_mask(_grad_or_zeros(g_N, hs_NH.shape[0], hs_NH), scale, mask_N)
+        d_hidden, d_weight = _chunked_backward(
+            ctx, hs_NH, ws_VH, chunk, inv_temperature,
+            # The teacher's chunk is recomputed too: keeping [N, V] teacher logits is what this avoids.
+            lambda zs_CV, s, e: rows_bwd(
+                zs_CV, _scaled(ht_NK[s:e], inv_temperature) @ wt_VK.T, lse_s[s:e], lse_t[s:e], c_N[s:e],
+                g_N[s:e], beta, 1.0),
+        )
+        return d_hidden, d_weight, None, None, None, None, None, None, None, None, None
+
+
+def _scale_and_mask(x_N: torch.Tensor, scale: float, mask_N: torch.Tensor | None) -> torch.Tensor:
+    if scale != 1.0:
+        x_N = x_N * scale
+    if mask_N is not None:
+        # where, not multiply: a masked row's value may be inf/nan (e.g. padding with garbage logits).
+        x_N = torch.where(mask_N, x_N, 0.0)
+    return x_N
+
+
+# Front ends: validation and reshaping shared by both backends; each backend passes its row math.
+
+
+def token_logprobs(logits, targets, temperature, ignore_index, return_entropy, rows_fwd, rows_bwd):
+    check_logits("logits", logits)
+    inv_t = 1.0 / check_temperature(temperature)
+    lead, vocab = logits.shape[:-1], logits.shape[-1]
+    check_targets(targets, lead, vocab, ignore_index)
+    logits_NV = logits.reshape(-1, vocab)
+    if logits_NV.stride(-1) != 1:
+        logits_NV = logits_NV.contiguous()
+    out = TokenLogprobs.apply(logits_NV, targets.reshape(-1).long().contiguous(), inv_t, ignore_index,
+                              return_entropy, rows_fwd, rows_bwd)
+    return tuple(o.view(lead) for o in out) if return_entropy else out.view(lead)
+
+
+def linear_token_logprobs(hidden, weight, targets, temperature, ignore_index, return_entropy, chunk_size,
+                          rows_fwd, rows_bwd):
+    check_linear("", hidden, weight)
+    inv_t = 1.0 / check_temperature(temperature)
+    lead, vocab = hidden.shape[:-1], weight.shape[0]
+    check_targets(targets, lead, vocab, ignore_index)
+    hidden_NH = hidden.reshape(-1, hidden.shape[-1])
+    chunk = chunk_rows(hidden_NH.shape[0], vocab, chunk_size)
+    out = LinearTokenLogprobs.apply(hidden_NH, weight, targets.reshape(-1).long().contiguous(), inv_t,
+                                    ignore_index, chunk, return_entropy, rows_fwd, rows_bwd)
+    return tuple(o.view(lead) for o in out) if return_entropy else out.view(lead)
+
+
+def generalized_jsd(student_logits, teacher_logits, beta, temperature, mask, normalize, rows_fwd, rows_bwd):
+    check_logits("student_logits", student_logits)
+    check_logits("teacher_logits", teacher_logits)
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"student and teacher logits must have the same shape (same tokens, same vocabulary), got "
+            f"{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}"
+        )
+    beta, inv_t = check_beta(beta), 1.0 / check_temperature(temperature)
+    lead, vocab = student_logits.shape[:-1], student_logits.shape[-1]
+    check_mask(mask, lead)
+    s_NV = student_logits.reshape(-1, vocab).contiguous()
+    t_NV = teacher_logits.detach().reshape(-1, vocab).contiguous()
+    mask_N = None if mask is None else mask.reshape(-1)
+    out = GeneralizedJSD.apply(s_NV, t_NV, mask_N, beta, inv_t, jsd_scale(beta, normalize), rows_fwd, rows_bwd)
+    return out.view(lead)
+
+
+def linear_generalized_jsd(student_hidden, student_weight, teacher_hidden, teacher_weight, beta, temperature,
+                           mask, normalize, chunk_size, rows_fwd, rows_bwd):
+    check_linear("student", student_hidden, student_weight)
+    check_linear("teacher", teacher_hidden, teacher_weight)
+    if student_weight.shape[0] != teacher_weight.shape[0] or student_hidden.shape[:-1] != teacher_hidden.shape[:-1]:
+        raise ValueError(
+            f"student and teacher must score the same tokens over the same vocabulary: hidden "
+            f"{tuple(student_hidden.shape)} vs {tuple(teacher_hidden.shape)}, weight "
+            f"{tuple(student_weight.shape)} vs {tuple(teacher_weight.shape)} (V must match; H may differ)"
+        )
+    beta, inv_t = check_beta(beta), 1.0 / check_temperature(temperature)
+    lead, vocab = student_hidden.shape[:-1], student_weight.shape[0]
+    check_mask(mask, lead)
+    hs_NH = student_hidden.reshape(-1, student_hidden.shape[-1])
+    ht_NK = teacher_hidden.detach().reshape(-1, teacher_hidden.shape[-1])
+    mask_N = None if mask is None else mask.reshape(-1)
+    chunk = chunk_rows(hs_NH.shape[0], vocab, chunk_size)
+    out = LinearGeneralizedJSD.apply(hs_NH, student_weight, ht_NK, teacher_weight.detach(), mask_N, beta, inv_t,
+                                     jsd_scale(beta, normalize), chunk, rows_fwd, rows_bwd)
+    return out.view(lead)
+
+
+def jsd_scale(beta: float, normalize: bool) -> float:
+    """1 / (beta (1 - beta)) inside (0, 1) when normalising; the endpoints already are the limits (KLs)."""
+    return 1.0 / (beta * (1.0 - beta)) if normalize and 0.0 < beta < 1.0 else 1.0

@@ -1,0 +1,195 @@
+"""Pure-torch twins of the Triton kernels: same signatures, same autograd plumbing, the CPU path.
+
+Row math (per token, logits z scaled by 1/T, p = softmax(z), lse = logsumexp(z)):
+  logprob    lp = z[target] - lse                        d lp / dz = onehot(target) - p
+  entropy    H = -sum_v p log p = lse - sum_v p z         d H / dz = -p (log p + H)
+  JSD        student q = softmax(z_s), teacher p = softmax(z_t), m = (1 - beta) q + beta p
+             beta = 0:  KL(p || q) = sum p (log p - log q)                 d/dz_s = q - p
+             beta = 1:  KL(q || p) = sum q (log q - log p)                 d/dz_s = q (log q - log p - KL)
+             else:      beta KL(p || m) + (1 - beta) KL(q || m)           d/dz_s = q (a - sum q a),
+                        with a = (1 - beta) log(q / m)  [dJSD/dq = (1 - beta) log(q / m): the m terms cancel]
+  KL estimators (d = ref_logp - logp, samples from the policy): k1 = -d, k2 = d^2 / 2, k3 = e^d - 1 - d.
+Gradients w.r.t. raw logits carry one more 1/T. Backward recomputes p from the saved lse instead of
+storing it, and writes dL/dz into the logits buffer it is given (see functions.py), so the chunked CPU
+path needs a handful of [chunk, V] fp32 buffers and nothing of size [N, V].
+
+Logits of -inf (a masked vocabulary entry) have p = 0 and contribute 0, never 0 * inf = nan.
+Left out: fp64 outputs (everything returns fp32), and reductions over tokens (callers mask and average).
+"""
+
+import math
+
+import torch
+
+from atlas.kernels import functions
+
+F32 = torch.float32
+NEG_INF = float("-inf")
+# log p below this has p == 0 exactly in fp32 (exp underflows at about -104); clamping there keeps
+# 0 * (-inf) out of the entropy gradient without changing any finite result.
+LOG_FLOOR = -1e4
+
+
+def _as_f32(z: torch.Tensor, inv_temperature: float) -> torch.Tensor:
+    x = z.float()
+    return x if inv_temperature == 1.0 else x * inv_temperature
+
+
+def _plogratio_sum(logp_NV: torch.Tensor, logq_NV: torch.Tensor) -> torch.Tensor:
+    """sum_v p (log p - log q), with p = 0 entries contributing 0."""
+    terms = torch.where(logp_NV == NEG_INF, 0.0, logp_NV.exp() * (logp_NV - logq_NV))
+    return terms.sum(-1)
+
+
+def logprob_rows(z_NV, targets_N, inv_temperature, ignore_index, with_entropy):
+    x = _as_f32(z_NV, inv_temperature)
+    lse_N = torch.logsumexp(x, -1)
+    ignored_N = targets_N == ignore_index
+    picked_N = x.gather(1, targets_N.masked_fill(ignored_N, 0)[:, None]).squeeze(1)
+    lp_N = (picked_N - lse_N).masked_fill(ignored_N, 0.0)
+    ent_N = None
+    if with_entropy:
+        p_NV = (x - lse_N[:, None]).exp_()
+        ent_N = torch.special.xlogy(p_NV, p_NV).sum(-1).neg_().masked_fill_(ignored_N, 0.0)
+    return lp_N, lse_N, ent_N
+
+
+def logprob_rows_backward_(z_NV, targets_N, lse_N, ent_N, g_lp_N, g_ent_N, inv_temperature, ignore_index):
+    ignored_N = targets_N == ignore_index
+    g_lp_N = g_lp_N.masked_fill(ignored_N, 0.0)
+    x = z_NV if z_NV.dtype == F32 else z_NV.float()
+    if inv_temperature != 1.0:
+        x.mul_(inv_temperature)
+    x.sub_(lse_N[:, None])  # log p, in place
+    if g_ent_N is None:
+        x.exp_().mul_(-g_lp_N[:, None])
+    else:
+        g_ent_N = g_ent_N.masked_fill(ignored_N, 0.0)
+        p_NV = x.exp()
+        # -p (g_lp + g_ent (log p + H)), built in place in x
+        x.clamp_(min=LOG_FLOOR).add_(ent_N[:, None]).mul_(g_ent_N[:, None]).add_(g_lp_N[:, None])
+        x.mul_(p_NV).neg_()
+        del p_NV
+    rows_N = torch.arange(x.shape[0], device=x.device)
+    x.index_put_((rows_N, targets_N.masked_fill(ignored_N, 0)), g_lp_N, accumulate=True)
+    if inv_temperature != 1.0:
+        x.mul_(inv_temperature)
+    if x is not z_NV:
+        z_NV.copy_(x)
+    return z_NV
+
+
+def _log_mixture(logq_NV, logp_NV, beta):
+    return torch.logaddexp(logq_NV + math.log1p(-beta), logp_NV + math.log(beta))
+
+
+def jsd_rows(s_NV, t_NV, beta, inv_temperature):
+    xs, xt = _as_f32(s_NV, inv_temperature), _as_f32(t_NV, inv_temperature)
+    lse_s, lse_t = torch.logsumexp(xs, -1), torch.logsumexp(xt, -1)
+    logq, logp = xs - lse_s[:, None], xt - lse_t[:, None]
+    if beta == 0.0:
+        jsd_N = _plogratio_sum(logp, logq)
+        c_N = torch.zeros_like(jsd_N)
+    elif beta == 1.0:
+        jsd_N = c_N = _plogratio_sum(logq, logp)
+    else:
+        logm = _log_mixture(logq, logp, beta)
+        kl_s = _plogratio_sum(logq, logm)
+        jsd_N = beta * _plogratio_sum(logp, logm) + (1.0 - beta) * kl_s
+        c_N = (1.0 - beta) * kl_s
+    return jsd_N, lse_s, lse_t, c_N
+
+
+def jsd_rows_backward_(s_NV, t_NV, lse_s, lse_t, c_N, g_N, beta, inv_temperature):
+    logq = _as_f32(s_NV, inv_temperature) - lse_s[:, None]
+    logp = _as_f32(t_NV, inv_temperature) - lse_t[:, None]
+    q = logq.exp()
+    if beta == 0.0:
+        grad = q - logp.exp()
+    else:
+        a = logq - logp if beta == 1.0 else (1.0 - beta) * (logq - _log_mixture(logq, logp, beta))
+        grad = torch.where(q > 0, q * (a - c_N[:, None]), 0.0)
+    s_NV.copy_(grad.mul_((g_N * inv_temperature)[:, None]))
+    return s_NV
+
+
+def token_logprobs(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float = 1.0,
+    *,
+    ignore_index: int = -100,
+    return_entropy: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    return functions.token_logprobs(logits, targets, temperature, ignore_index, return_entropy,
+                                    logprob_rows, logprob_rows_backward_)
+
+
+def linear_token_logprobs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float = 1.0,
+    *,
+    ignore_index: int = -100,
+    return_entropy: bool = False,
+    chunk_size: int | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    return functions.linear_token_logprobs(hidden, weight, targets, temperature, ignore_index, return_entropy,
+                                           chunk_size, logprob_rows, logprob_rows_backward_)
+
+
+def generalized_jsd(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    *,
+    mask: torch.Tensor | None = None,
+    normalize: bool = False,
+) -> torch.Tensor:
+    return functions.generalized_jsd(student_logits, teacher_logits, beta, temperature, mask, normalize,
+                                     jsd_rows, jsd_rows_backward_)
+
+
+def linear_generalized_jsd(
+    student_hidden: torch.Tensor,
+    student_weight: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    teacher_weight: torch.Tensor,
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    *,
+    mask: torch.Tensor | None = None,
+    normalize: bool = False,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    return functions.linear_generalized_jsd(student_hidden, student_weight, teacher_hidden, teacher_weight, beta,
+                                            temperature, mask, normalize, chunk_size, jsd_rows, jsd_rows_backward_)
+
+
+KL_ESTIMATORS = ("k1", "k2", "k3")
+
+
+def check_kl_args(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str) -> None:
+    if estimator not in KL_ESTIMATORS:
+        raise ValueError(f"estimator must be one of {KL_ESTIMATORS}, got {estimator!r}")
+    if logp.shape != ref_logp.shape:
+        raise ValueError(f"logp and ref_logp must have the same shape, got {tuple(logp.shape)} and "
+                         f"{tuple(ref_logp.shape)}")
+    if not (logp.is_floating_point() and ref_logp.is_floating_point()):
+        raise ValueError(f"logp and ref_logp must be floating point, got {logp.dtype} and {ref_logp.dtype}")
+
+
+def kl(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str = "k3") -> torch.Tensor:
+    check_kl_args(logp, ref_logp, estimator)
+    # fp64 on per-token vectors costs nothing and keeps k3 = expm1(d) - d accurate as d -> 0, where fp32
+    # would cancel to noise exactly when the policy sits close to its reference.
+    d = ref_logp.double() - logp.double()
+    if estimator == "k1":
+        k = -d
+    elif estimator == "k2":
+        k = 0.5 * d * d
+    else:
+        k = torch.expm1(d) - d
+    return k.float()
