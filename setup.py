@@ -10,6 +10,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["atlas", "atlas.*"]),
+    entry_points={"console_scripts": ["atlas=atlas.cli:main"]},
     install_requires=[
         "torch>=2.6",
         "safetensors>=0.4.3",
