@@ -43,6 +43,11 @@ def judge_of(body: dict) -> str:
     return m.group(1)
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256  # socketserver's default of 5 drops bursts of connects (SYN retried after 1 s)
+
+
 class ScriptedServer:
     def __init__(self, script: Callable[[dict, int], Reply], lifetime: float = 60.0):
         self.script = script
@@ -51,8 +56,7 @@ class ScriptedServer:
         self.in_flight = 0
         self.max_in_flight = 0
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._httpd.daemon_threads = True
+        self._httpd = _Server(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                         daemon=True)
         self._watchdog = threading.Timer(lifetime, self.stop)
