@@ -78,7 +78,7 @@ class TraceStats:
         peak = max(r["histogram"]) or 1
         for i, n in enumerate(r["histogram"]):
             bracket = "]" if i == 9 else ")"
-            out.append(f"  [{i / 10:.1f}, {(i + 1) / 10:.1f}{bracket} {n:>8} {'#' * round(30 * n / peak)}")
+            out.append(f"  [{i / 10:.1f}, {(i + 1) / 10:.1f}{bracket} {n:>8} {'#' * round(30 * n / peak)}".rstrip())
         out.append("lengths:")
         out.extend(f"  {k}: {_fmt(v)}" for k, v in d["lengths"].items())
         load = d["load"]
