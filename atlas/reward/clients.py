@@ -38,7 +38,8 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+# 429 and 5xx, plus the 4xx that mean "try again" (request timeout, conflict, too early)
+RETRYABLE_4XX = frozenset({408, 409, 425, 429})
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,7 @@ class HTTPChatClient:
                 continue
             if error is None:
                 error = f"HTTP {status}: {body[:300]}"
-            if status is not None and status not in RETRYABLE_STATUS:
+            if status is not None and status < 500 and status not in RETRYABLE_4XX:
                 break
             if attempts <= self.retries:
                 time.sleep(self._wait(attempts - 1, headers))

@@ -25,8 +25,9 @@ For each item (prompt, response, context) and each active judge j:
    would silently change what the reward means.
 
 Nothing is silent: an unparsable reply is an invalid sample and a failed call a failed call, both on the
-JudgeResult and counted in `RIM.stats`; every call is in `RewardResult.audit` with model, temperature,
-latency, tokens, attempts, cache flag and error.
+JudgeResult and counted in `RIM.stats` (calls sent, cache_hits, failed_calls, invalid_replies, escalations,
+failed_judges, failed_items, prompt_tokens, completion_tokens); every call is in `RewardResult.audit`
+with model, temperature, latency, tokens, attempts, cache flag and error.
 
 Cache: identical requests (model, messages, temperature, max_tokens) within a RIM's life are answered from
 an LRU cache of successful replies, and duplicates within one batch are sent once. A cached sample at
@@ -246,20 +247,20 @@ class RIM:
         return results
 
     def _run(self, stage: str, requests: list[tuple[str, ChatRequest]]) -> list[Call]:
-        """Send requests (cache first, duplicates once), parse replies, count everything."""
+        """Send requests (with the cache on: cached ones answered, duplicates sent once), parse replies,
+        count everything."""
         replies: list[ChatResult | None] = [None] * len(requests)
-        pending: dict[ChatRequest, list[int]] = {}
+        pending: dict[Any, list[int]] = {}
         for idx, (_, req) in enumerate(requests):
             hit = self._cache.get(req) if self._cache is not None else None
             if hit is not None:
                 replies[idx] = _as_cached(hit)
             else:
-                pending.setdefault(req, []).append(idx)
-        unique = list(pending)
+                pending.setdefault(req if self._cache is not None else idx, []).append(idx)
+        unique = [requests[group[0]][1] for group in pending.values()]
         fresh = self.client.chat_batch(unique) if unique else []
         assert len(fresh) == len(unique), "backend returned a different number of results than requests"
-        for req, res in zip(unique, fresh):
-            first, *dupes = pending[req]
+        for req, res, (first, *dupes) in zip(unique, fresh, pending.values()):
             replies[first] = res
             for idx in dupes:
                 replies[idx] = _as_cached(res)
