@@ -50,9 +50,9 @@ class ModelConfig:
     rope_theta: float = 10000.0
     # None, or {"rope_type": one of ROPE_TYPES, ...that type's fields}
     rope_scaling: dict[str, Any] | None = None
-    attention_bias: bool = False
+    attention_bias: bool = False  # always True for qwen2 (q/k/v bias; its config.json has no flag for it)
     mlp_bias: bool = False
-    qk_norm: bool = False
+    qk_norm: bool = False  # derived: True exactly for qwen3
     tie_word_embeddings: bool = False
     bos_token_id: int | None = None
     eos_token_id: list[int] = field(default_factory=list)
@@ -66,6 +66,10 @@ class ModelConfig:
             raise ValueError(
                 f"unsupported model_type {self.model_type!r}: atlas implements {sorted(ARCHITECTURES)}"
             )
+        # what defines the family is not optional: every Qwen2 has q/k/v bias, every Qwen3 q/k norms
+        if self.model_type == "qwen2":
+            self.attention_bias = True
+        self.qk_norm = self.model_type == "qwen3"
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(
                 f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
@@ -110,10 +114,8 @@ class ModelConfig:
             rms_norm_eps=config.get("rms_norm_eps", 1e-6),
             rope_theta=theta,
             rope_scaling=scaling,
-            # Qwen2 always has q/k/v bias (its config has no flag for it); the others default to none.
-            attention_bias=True if model_type == "qwen2" else bool(config.get("attention_bias", False)),
+            attention_bias=bool(config.get("attention_bias", False)),
             mlp_bias=bool(config.get("mlp_bias", False)),
-            qk_norm=model_type == "qwen3",
             tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
             bos_token_id=config.get("bos_token_id"),
             eos_token_id=[] if eos is None else [eos] if isinstance(eos, int) else list(eos),

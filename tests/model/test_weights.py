@@ -142,3 +142,16 @@ def test_hub_id_resolves_through_the_offline_cache(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["qwen3", "<|im_end|>"]
+
+
+@pytest.mark.parametrize("model_type", ["qwen2", "qwen3", "llama"])
+def test_model_built_from_a_config_round_trips(tmp_path, model_type):
+    config = am.ModelConfig(model_type=model_type, vocab_size=64, hidden_size=32, intermediate_size=48,
+                            num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                            max_position_embeddings=128, tie_word_embeddings=model_type != "llama")
+    model = am.Transformer(config)
+    assert model.config.attention_bias == (model_type == "qwen2") and model.config.qk_norm == (model_type == "qwen3")
+    out = am.save_pretrained(model, tmp_path / model_type)
+    ids = torch.arange(10)[None]
+    with torch.no_grad():
+        assert torch.equal(am.from_pretrained(out)(ids), model(ids))
