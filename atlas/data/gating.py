@@ -23,7 +23,7 @@ from typing import Any
 
 from atlas.data.schema import Session
 
-__all__ = ["LoadReport", "SessionFilter"]
+__all__ = ["LoadReport", "ReadOptions", "SessionFilter"]
 
 # Enough examples of malformed records to diagnose the export without flooding the log.
 MAX_ERROR_MESSAGES = 10
@@ -86,6 +86,17 @@ class SessionFilter:
         if self.min_reward is not None:
             parts.append(f"min_reward={self.min_reward}")
         return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How a reader reads, beyond what it keeps (validated by `load_sessions`)."""
+
+    on_error: str = "raise"
+    include_events: bool = False
+    include_audit: bool = False
+    limit: int | None = None
+    batch_size: int = 500
 
 
 @dataclass

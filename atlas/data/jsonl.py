@@ -17,21 +17,13 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from atlas.data.gating import LoadReport, SessionFilter
+from atlas.data.gating import LoadReport, ReadOptions, SessionFilter
 from atlas.data.schema import Session, parse_session
 
 __all__ = ["iter_jsonl"]
 
 
-def iter_jsonl(
-    path: Path,
-    filters: SessionFilter,
-    report: LoadReport,
-    *,
-    on_error: str,
-    include_events: bool,
-    limit: int | None,
-) -> Iterator[Session]:
+def iter_jsonl(path: Path, filters: SessionFilter, report: LoadReport, options: ReadOptions) -> Iterator[Session]:
     """Yield the sessions of `path` that pass `filters`, recording every exclusion in `report`."""
     opener = gzip.open if path.name.endswith(".gz") else open
     lineno = 0
@@ -42,12 +34,14 @@ def iter_jsonl(
                     report.blank_lines += 1
                     continue
                 try:
-                    session = parse_session(json.loads(line), include_events=include_events)
+                    session = parse_session(
+                        json.loads(line), include_events=options.include_events, include_audit=options.include_audit
+                    )
                 # JSONDecodeError and UnicodeDecodeError are ValueErrors; absurd nesting is a RecursionError.
                 except (ValueError, RecursionError) as exc:
                     hint = " (the line is cut short: truncated file?)" if not line.endswith(b"\n") else ""
                     message = f"{path}:{lineno}: {_describe(exc)}{hint}"
-                    if on_error == "raise":
+                    if options.on_error == "raise":
                         raise ValueError(
                             f"{message}; fix or remove the line, or pass on_error='skip' to skip and count it"
                         ) from None
@@ -59,7 +53,7 @@ def iter_jsonl(
                     continue
                 report.yielded += 1
                 yield session
-                if limit is not None and report.yielded >= limit:
+                if options.limit is not None and report.yielded >= options.limit:
                     report.limit_reached = True
                     return
     except (EOFError, gzip.BadGzipFile, zlib.error) as exc:

@@ -13,8 +13,8 @@ Choices worth knowing:
   loosened by a stale copy. A record without a top-level `review_status` counts as not approved.
 - Missing optional fields are normal (older exports); a missing or empty `task` is an error.
 
-Left out: the judge audit, adaptive summary, triage dossier and learning history are not given typed
-fields; they stay available in `Session.raw`, the record as read.
+Left out: the adaptive summary, triage dossier and learning history are not given typed fields; they
+stay available in `Session.raw`, the record as read. The judge audit is dropped unless asked for.
 """
 
 from __future__ import annotations
@@ -93,8 +93,12 @@ class Session:
         return isinstance(judges, list) and any(isinstance(j, dict) and j.get("escalated") for j in judges)
 
 
-def parse_session(record: Any, *, include_events: bool = False) -> Session:
-    """Parse one export-shaped record; `ValueError` names the offending field."""
+def parse_session(record: Any, *, include_events: bool = False, include_audit: bool = False) -> Session:
+    """Parse one export-shaped record; `ValueError` names the offending field.
+
+    Without `include_audit` the judge audit (`reward_audit`: every judge prompt and response, often the
+    largest part of a record and never training data) is left out of `raw` and `metadata`.
+    """
     if not isinstance(record, dict):
         raise ValueError(f"a session record must be a JSON object, got {type(record).__name__}")
     task = record.get("task")
@@ -139,9 +143,9 @@ def parse_session(record: Any, *, include_events: bool = False) -> Session:
         created_at=_time(meta, "created_at", "session_metadata."),
         completed_at=_time(meta, "completed_at", "session_metadata."),
         # The events are a field of their own (and absent from the Postgres metadata column).
-        metadata={k: v for k, v in meta.items() if k != "trajectory_events"},
+        metadata=_without(meta, ("trajectory_events",) if include_audit else ("trajectory_events", "reward_audit")),
         events=events,
-        raw=record,
+        raw=record if include_audit else _without(record, ("reward_audit",)),
     )
 
 
@@ -201,6 +205,13 @@ def _parse_event(entry: Any, index: int) -> TrajectoryEvent:
         name=_as_str_or_none(payload.get("name")),
         event=event,
     )
+
+
+def _without(d: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """`d` minus `keys`: `d` itself when it has none of them (the common case: no copy)."""
+    if not any(k in d for k in keys):
+        return d
+    return {k: v for k, v in d.items() if k not in keys}
 
 
 def _reward(record: dict[str, Any]) -> float | None:

@@ -26,7 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 
-from atlas.data.gating import LoadReport, SessionFilter
+from atlas.data.gating import LoadReport, ReadOptions, SessionFilter
 from atlas.data.jsonl import iter_jsonl
 from atlas.data.postgres import iter_postgres, redact_url
 from atlas.data.schema import Session
@@ -79,6 +79,7 @@ def load_sessions(
     *,
     created_after: datetime | str | None = None,
     include_events: bool = False,
+    include_audit: bool = False,
     on_error: str = "raise",
     batch_size: int = 500,
 ) -> SessionStream:
@@ -89,6 +90,8 @@ def load_sessions(
     min_reward: keep sessions whose reward (`reward_stats.score`) is >= this; unscored ones are excluded.
     learning_key / status / created_after: exact key, accepted statuses, earliest creation time (inclusive).
     limit: stop after this many sessions. include_events: also read the trajectory events.
+    include_audit: keep the judge audit (`reward_audit`, every judge prompt and response) in `raw` and
+        `metadata`; off by default because it is the bulk of a record and not training data.
     on_error: "raise" (ValueError naming the line or session id) or "skip" (count under "malformed").
     batch_size: Postgres rows fetched per round trip (memory is proportional to it).
     """
@@ -100,12 +103,10 @@ def load_sessions(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
 
+    options = ReadOptions(on_error, bool(include_events), bool(include_audit), limit, batch_size)
     if isinstance(source, str) and source.startswith(_URL_SCHEMES):
         report = LoadReport(source=redact_url(source), filters=filters)
-        sessions = iter_postgres(
-            source, filters, report,
-            on_error=on_error, include_events=include_events, limit=limit, batch_size=batch_size,
-        )  # fmt: skip
+        sessions = iter_postgres(source, filters, report, options)
     elif isinstance(source, str | os.PathLike):
         path = Path(source)
         if not path.name.endswith((".jsonl", ".jsonl.gz")):
@@ -116,9 +117,7 @@ def load_sessions(
         if not path.is_file():
             raise ValueError(f"trace file {str(path)!r} does not exist (or is not a file)")
         report = LoadReport(source=str(path), filters=filters)
-        sessions = iter_jsonl(
-            path, filters, report, on_error=on_error, include_events=include_events, limit=limit
-        )
+        sessions = iter_jsonl(path, filters, report, options)
     else:
         raise ValueError(f"source must be a path or a postgresql:// URL string, got {type(source).__name__}")
     return SessionStream(_reported(sessions, report), report)

@@ -48,7 +48,7 @@ def test_filters_min_reward_learning_key_status_created_after_limit(reader_url):
     "kwargs",
     [{}, {"review_status": None}, {"min_reward": 0.8}, {"learning_key": KEY_B, "review_status": None},
      {"status": "succeeded", "min_reward": 0.5}, {"limit": 3}, {"review_status": None, "include_events": True},
-     {"created_after": "2025-10-01T12:05:00+00:00"}],
+     {"created_after": "2025-10-01T12:05:00+00:00"}, {"include_audit": True, "review_status": None}],
 )  # fmt: skip
 def test_jsonl_and_postgres_give_the_same_sessions(tmp_path, comparable_url, kwargs):
     jsonl = write_jsonl(tmp_path / "same.jsonl", COMPARABLE)
@@ -67,6 +67,14 @@ def comparable_url(pg_server) -> str:
     with psycopg.connect(url) as conn:
         copy_records(conn, COMPARABLE)
     return url
+
+
+def test_judge_audit_only_when_asked(reader_url):
+    (s,) = [s for s in load_sessions(reader_url) if s.session_id == 2]
+    assert "reward_audit" not in s.raw and "reward_audit" not in s.metadata and s.escalated
+    (s,) = [s for s in load_sessions(reader_url, include_audit=True) if s.session_id == 2]
+    assert [a["stage"] for a in s.raw["reward_audit"]] == ["tier1", "arbiter"]
+    assert s.metadata["reward_audit"] == s.raw["reward_audit"]
 
 
 def test_events_only_when_asked_with_actor_from_the_payload(reader_url):

@@ -46,6 +46,13 @@ def test_reward_is_the_session_score_not_the_step_placeholder():
     assert not hasattr(s.steps[0], "reward")
 
 
+def test_judge_audit_dropped_unless_asked():
+    s = parse_session(BY_ID[2])
+    assert "reward_audit" not in s.raw and "reward_audit" not in s.metadata and "reward_audit" in BY_ID[2]
+    s = parse_session(BY_ID[2], include_audit=True)
+    assert s.raw is BY_ID[2] and len(s.metadata["reward_audit"]) == 2
+
+
 def test_escalated_reward_and_execution_modes():
     assert parse_session(BY_ID[2]).escalated and not parse_session(BY_ID[1]).escalated
     assert {parse_session(r).execution_mode for r in FIXTURES} == {"auto", "paired", "coach", None}
