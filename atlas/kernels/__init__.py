@@ -22,7 +22,7 @@ package imports on machines without it.
 Left out: sequence packing, vocabulary-parallel (tensor-parallel) LM heads, fp64 outputs.
 """
 
-import importlib.util
+import functools
 import os
 import warnings
 
@@ -53,18 +53,29 @@ def get_backend() -> str:
     return backend
 
 
+@functools.cache
+def _triton_installed() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _use_triton(x: torch.Tensor) -> bool:
     global _warned_no_triton
     backend = get_backend()
     if backend == "torch":
         return False
-    has_triton = importlib.util.find_spec("triton") is not None
+    if backend == "auto" and not x.is_cuda:
+        return False
+    has_triton = _triton_installed()
     if backend == "auto":
-        if x.is_cuda and not has_triton and not _warned_no_triton:
+        if not has_triton and not _warned_no_triton:
             _warned_no_triton = True
             warnings.warn("atlas.kernels: triton is not installed, CUDA tensors use the slower torch twin",
                           stacklevel=3)
-        return x.is_cuda and has_triton
+        return has_triton
     if not has_triton:
         raise ValueError("ATLAS_KERNELS/set_backend asks for 'triton' but triton is not installed: "
                          "pip install triton, or use 'auto'/'torch'")

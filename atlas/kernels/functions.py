@@ -1,25 +1,30 @@
 """The autograd plumbing shared by both backends: whole-logits and chunked (hidden @ W.T) variants.
 
 Each backend supplies only row math: a forward that reduces a [n, V] logits block to per-row values and
-saves per-row statistics, and a backward that overwrites that block, in place, with dLoss/dlogits. The
-functions here decide what is stored, what is recomputed and how chunks are walked, so the Triton path
-and its torch twin (reference.py) cannot drift apart in anything but arithmetic.
+per-row statistics, and a backward that overwrites a [n, B] block of logits, in place, with dL/dlogits,
+given those statistics (it is elementwise once they are known, so any block of columns works). The code
+here decides what is stored, what is recomputed and how tiles are walked, so the Triton path and its
+torch twin (reference.py) cannot drift apart in anything but arithmetic.
 
-Chunked variants (`hidden_NH @ weight_VH.T` in chunks of C rows):
-  forward   z_CV = (h_CH / T) @ W.T per chunk -> row forward -> per-token outputs + per-row statistics;
-            z_CV is dropped, nothing of size [N, V] is kept.
-  backward  z_CV is recomputed, the row backward turns it into G_CV = dL/dz in place (no second [C, V]
-            buffer), then dH_CH = G_CV @ W / T and dW += G_CV.T @ (h_CH / T).
-  Folding 1/T into the small h_CH instead of the large z_CV saves a [C, V] pass; the rows then always
-  see temperature 1.
-  Cost: 4 matmuls of N x V x H (forward 1, backward 3) against the naive path's 3, but no [N, V]
-  tensor is ever written to memory, which is what dominates the naive path's time.
-  Gradients of the outputs are per token and unknown in forward, so dW cannot be formed early (as
-  Liger does for a scalar loss); recomputing z in backward is what makes per-token outputs possible.
-  dW is accumulated in fp32 across chunks whatever the weight dtype (bf16 sums over 30+ chunks lose
-  ~1e-2 relative), then cast to the weight dtype: one extra [V, H] fp32 buffer for bf16/fp16 weights.
+Chunked variants (`hidden_NH @ weight_VH.T`; T folded into the small hidden, z = (h / T) @ W.T, so the
+row math always sees temperature 1 and no [*, V] pass is spent on scaling):
+  forward   token chunks of C rows, full vocab: z_CV -> row forward -> per-token outputs and per-row
+            statistics (lse, entropy, JSD constant); z_CV is dropped, nothing of size [N, V] is kept.
+  backward  tiles of R rows x B vocab columns, R * B <= C * V (the same element budget), vocab outermost:
+            z_RB is recomputed, the row backward turns it into G_RB = dL/dz in place (no second buffer),
+            dW[B] = G_RB.T @ (h_R / T) and dH_R += G_RB @ W[B] / T.
+  Why the backward walks the vocabulary: with R = N (any N below budget / 128 rows, i.e. every realistic
+  micro-batch) each block of dW comes out of ONE matmul over all tokens, written once in the weight dtype:
+  no [V, H] fp32 accumulator, no rounding per chunk in bf16, no re-reading dW per chunk (a token-chunked
+  backward re-reads and re-writes all of dW, 0.5 GB for Qwen2.5-0.5B, once per chunk). What accumulates
+  instead is dH, [N, H], 170x smaller than dW at Qwen's shapes, kept in fp32. Only when N exceeds the
+  budget do row groups add up per vocab block, in a [B, H] fp32 buffer.
+  Cost: 4 matmuls of N x V x H (forward 1, backward 3) against the naive path's 3, but no [N, V] tensor
+  is ever written to memory, which is what dominates the naive path's time. The gradients of the
+  outputs are per token and unknown in forward, so dW cannot be formed early (as Liger does for a scalar
+  loss): recomputing z in backward is the price of per-token outputs.
 
-Left out: compacting ignored/masked rows before the matmul (they are computed, then zeroed), and
+Left out: compacting ignored/masked rows before the matmuls (they are computed, then zeroed), and
 sequence packing (callers flatten to [N, H] themselves).
 """
 
@@ -36,6 +41,8 @@ from atlas.kernels.common import (
 )
 
 F32 = torch.float32
+# Narrower vocabulary blocks make the recompute GEMM skinny; the row budget shrinks before they do.
+MIN_BLOCK_V = 128
 
 
 def _scaled(h: torch.Tensor, inv_temperature: float) -> torch.Tensor:
@@ -46,6 +53,15 @@ def _grad_or_zeros(g: torch.Tensor | None, n: int, like: torch.Tensor) -> torch.
     if g is None:
         return torch.zeros(n, dtype=F32, device=like.device)
     return g.reshape(n).to(F32).contiguous()
+
+
+def _backward_targets(targets_N, ignore_index, g_lp_N, g_ent_N):
+    """Ignored rows get target -1 (no one-hot column anywhere) and zero upstream gradients."""
+    ignored_N = targets_N == ignore_index
+    targets_N = targets_N.masked_fill(ignored_N, -1)
+    g_lp_N = g_lp_N.masked_fill(ignored_N, 0.0)
+    g_ent_N = None if g_ent_N is None else g_ent_N.masked_fill(ignored_N, 0.0)
+    return targets_N, g_lp_N, g_ent_N
 
 
 class TokenLogprobs(torch.autograd.Function):
@@ -63,17 +79,18 @@ class TokenLogprobs(torch.autograd.Function):
         logits_NV, targets_N, lse_N, ent_N = ctx.saved_tensors
         inv_temperature, ignore_index, rows_bwd = ctx.args
         n = logits_NV.shape[0]
+        g_ent_N = None if g_ent_N is None else _grad_or_zeros(g_ent_N, n, logits_NV)
+        targets_N, g_lp_N, g_ent_N = _backward_targets(
+            targets_N, ignore_index, _grad_or_zeros(g_lp_N, n, logits_NV), g_ent_N)
         # The row backward overwrites its buffer; the caller's logits must survive (they may feed other
         # losses), so it gets a copy, which becomes the returned gradient.
         grad_NV = logits_NV.clone()
-        g_ent = None if g_ent_N is None else _grad_or_zeros(g_ent_N, n, logits_NV)
-        rows_bwd(grad_NV, targets_N, lse_N, ent_N, _grad_or_zeros(g_lp_N, n, logits_NV), g_ent,
-                 inv_temperature, ignore_index)
+        rows_bwd(grad_NV, targets_N, lse_N, ent_N, g_lp_N, g_ent_N, inv_temperature)
         return grad_NV, None, None, None, None, None, None
 
 
 class LinearTokenLogprobs(torch.autograd.Function):
-    """hidden [N, H], weight [V, H] -> logprobs [N] (and entropy [N]), chunked over N."""
+    """hidden [N, H], weight [V, H] -> logprobs [N] (and entropy [N]), chunked; see the module docstring."""
 
     @staticmethod
     def forward(ctx, hidden_NH, weight_VH, targets_N, inv_temperature, ignore_index, chunk, with_entropy,
@@ -91,51 +108,72 @@ class LinearTokenLogprobs(torch.autograd.Function):
                 ent_N[s:e] = ent
             del z_CV
         ctx.save_for_backward(hidden_NH, weight_VH, targets_N, lse_N, ent_N)
-        ctx.args = (inv_temperature, ignore_index, chunk, rows_bwd)
+        ctx.args = (inv_temperature, ignore_index, chunk * weight_VH.shape[0], rows_bwd)
         return (lp_N, ent_N) if with_entropy else lp_N
 
     @staticmethod
     def backward(ctx, g_lp_N, g_ent_N=None):
         hidden_NH, weight_VH, targets_N, lse_N, ent_N = ctx.saved_tensors
-        inv_temperature, ignore_index, chunk, rows_bwd = ctx.args
+        inv_temperature, ignore_index, budget, rows_bwd = ctx.args
         n = hidden_NH.shape[0]
-        g_lp_N = _grad_or_zeros(g_lp_N, n, hidden_NH)
         g_ent_N = None if g_ent_N is None else _grad_or_zeros(g_ent_N, n, hidden_NH)
-        d_hidden, d_weight = _chunked_backward(
-            ctx, hidden_NH, weight_VH, chunk, inv_temperature,
-            lambda z_CV, s, e: rows_bwd(
-                z_CV, targets_N[s:e], lse_N[s:e], None if ent_N is None else ent_N[s:e], g_lp_N[s:e],
-                None if g_ent_N is None else g_ent_N[s:e], 1.0, ignore_index),
-        )
+        targets_N, g_lp_N, g_ent_N = _backward_targets(
+            targets_N, ignore_index, _grad_or_zeros(g_lp_N, n, hidden_NH), g_ent_N)
+
+        def tile_backward(z_RB, r0, r1, v0, v1):
+            t = targets_N[r0:r1]
+            in_block = torch.where((t >= v0) & (t < v1), t - v0, -1)
+            rows_bwd(z_RB, in_block, lse_N[r0:r1], None if ent_N is None else ent_N[r0:r1], g_lp_N[r0:r1],
+                     None if g_ent_N is None else g_ent_N[r0:r1], 1.0)
+
+        d_hidden, d_weight = _tiled_backward(ctx, hidden_NH, weight_VH, budget, inv_temperature, tile_backward)
         return d_hidden, d_weight, None, None, None, None, None, None, None
 
 
-def _chunked_backward(ctx, hidden_NH, weight_VH, chunk, inv_temperature, rows_bwd):
-    """Recompute z per chunk, let rows_bwd(z_CV, start, end) turn it into dL/dz in place, then the matmuls."""
+def _backward_tiles(n: int, vocab: int, budget: int) -> tuple[int, int]:
+    rows = min(n, max(1, budget // MIN_BLOCK_V))
+    block_v = min(vocab, max(MIN_BLOCK_V, budget // rows // MIN_BLOCK_V * MIN_BLOCK_V))
+    return rows, block_v
+
+
+def _add_matmul_(acc_f32: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    if a.dtype == F32:
+        acc_f32.addmm_(a, b)
+    else:
+        acc_f32.add_(a @ b)  # low-precision matmul (fp32 accumulation inside), summed in fp32
+
+
+def _tiled_backward(ctx, hidden_NH, weight_VH, budget, inv_temperature, tile_backward):
+    """Recompute z per (rows x vocab block) tile, tile_backward(z, r0, r1, v0, v1) makes it dL/dz in place,
+    then dW[v0:v1] and dH[r0:r1] from it; see the module docstring for the order."""
     need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-    n = hidden_NH.shape[0]
-    d_hidden = torch.empty_like(hidden_NH) if need_h else None
-    d_weight = torch.zeros(weight_VH.shape, dtype=F32, device=weight_VH.device) if need_w else None
     if not (need_h or need_w):
         return None, None
-    for s in range(0, n, chunk):
-        e = min(s + chunk, n)
-        h_CH = _scaled(hidden_NH[s:e], inv_temperature)
-        z_CV = h_CH @ weight_VH.T
-        rows_bwd(z_CV, s, e)
-        if need_h:
-            torch.mm(z_CV, weight_VH, out=d_hidden[s:e])
-            if inv_temperature != 1.0:
-                d_hidden[s:e].mul_(inv_temperature)
-        if need_w:
-            if z_CV.dtype == F32:
-                d_weight.addmm_(z_CV.T, h_CH)
-            else:
-                # Low-precision product per chunk (cuBLAS accumulates it in fp32), summed across chunks in fp32.
-                d_weight.add_(z_CV.T @ h_CH)
-        del z_CV
-    if need_w:
-        d_weight = d_weight.to(weight_VH.dtype)
+    (n, hid), vocab = hidden_NH.shape, weight_VH.shape[0]
+    rows, block_v = _backward_tiles(n, vocab, budget)
+    h_NH = _scaled(hidden_NH, inv_temperature)
+    d_hidden = torch.zeros(n, hid, dtype=F32, device=hidden_NH.device) if need_h else None
+    d_weight = torch.empty_like(weight_VH) if need_w else None
+    for v0 in range(0, vocab, block_v):
+        v1 = min(v0 + block_v, vocab)
+        w_BH = weight_VH[v0:v1]
+        dw_BH = torch.zeros(v1 - v0, hid, dtype=F32, device=w_BH.device) if need_w and rows < n else None
+        for r0 in range(0, n, rows):
+            r1 = min(r0 + rows, n)
+            z_RB = h_NH[r0:r1] @ w_BH.T
+            tile_backward(z_RB, r0, r1, v0, v1)
+            if need_h:
+                _add_matmul_(d_hidden[r0:r1], z_RB, w_BH)
+            if need_w:
+                if dw_BH is None:
+                    torch.mm(z_RB.T, h_NH, out=d_weight[v0:v1])
+                else:
+                    _add_matmul_(dw_BH, z_RB.T, h_NH[r0:r1])
+            del z_RB
+        if dw_BH is not None:
+            d_weight[v0:v1] = dw_BH
+    if need_h:
+        d_hidden = d_hidden.mul_(inv_temperature).to(hidden_NH.dtype)
     return d_hidden, d_weight
 
 
@@ -176,21 +214,22 @@ class LinearGeneralizedJSD(torch.autograd.Function):
             out_N[s:e], lse_s[s:e], lse_t[s:e], c_N[s:e] = rows_fwd(zs_CV, zt_CV, beta, 1.0)
             del zs_CV, zt_CV
         ctx.save_for_backward(hs_NH, ws_VH, ht_NK, wt_VK, mask_N, lse_s, lse_t, c_N)
-        ctx.args = (beta, inv_temperature, scale, chunk, rows_bwd)
+        ctx.args = (beta, inv_temperature, scale, chunk * ws_VH.shape[0], rows_bwd)
         return _scale_and_mask(out_N, scale, mask_N)
 
     @staticmethod
     def backward(ctx, g_N):
         hs_NH, ws_VH, ht_NK, wt_VK, mask_N, lse_s, lse_t, c_N = ctx.saved_tensors
-        beta, inv_temperature, scale, chunk, rows_bwd = ctx.args
+        beta, inv_temperature, scale, budget, rows_bwd = ctx.args
         g_N = _scale_and_mask(_grad_or_zeros(g_N, hs_NH.shape[0], hs_NH), scale, mask_N)
-        d_hidden, d_weight = _chunked_backward(
-            ctx, hs_NH, ws_VH, chunk, inv_temperature,
-            # The teacher's chunk is recomputed too: keeping [N, V] teacher logits is what this avoids.
-            lambda zs_CV, s, e: rows_bwd(
-                zs_CV, _scaled(ht_NK[s:e], inv_temperature) @ wt_VK.T, lse_s[s:e], lse_t[s:e], c_N[s:e],
-                g_N[s:e], beta, 1.0),
-        )
+        ht_NK = _scaled(ht_NK, inv_temperature)
+
+        def tile_backward(zs_RB, r0, r1, v0, v1):
+            # The teacher's tile is recomputed too: keeping [N, V] teacher logits is what this avoids.
+            rows_bwd(zs_RB, ht_NK[r0:r1] @ wt_VK[v0:v1].T, lse_s[r0:r1], lse_t[r0:r1], c_N[r0:r1], g_N[r0:r1],
+                     beta, 1.0)
+
+        d_hidden, d_weight = _tiled_backward(ctx, hs_NH, ws_VH, budget, inv_temperature, tile_backward)
         return d_hidden, d_weight, None, None, None, None, None, None, None, None, None
 
 

@@ -6,7 +6,8 @@ Per row of logits z (scaled by 1/T), one program walks the vocabulary in BLOCK_V
             One read of the logits; per row it stores lp, lse (and H): 8-12 bytes.
   backward  a second read: p = exp(z - lse) from the saved lse (no [N, V] softmax is ever stored),
             dL/dz = (g_lp (onehot - p) - g_H p (log p + H)) / T, written in the logits dtype, in place when
-            the caller hands over its own buffer (the chunked linear path does).
+            the caller hands over its own buffer (the chunked linear path does). Elementwise given lse
+            and H, so it runs on any block of vocabulary columns (the linear path's backward tiles).
 Targets equal to ignore_index give lp = H = 0 and a zero gradient row.
 
 The chunked `hidden @ W.T` driver and the autograd Functions live in functions.py; the same driver runs
@@ -55,16 +56,17 @@ def _logprob_fwd_kernel(z_ptr, z_stride, t_ptr, lp_ptr, lse_ptr, ent_ptr, V, inv
 
 @triton.jit
 def _logprob_bwd_kernel(z_ptr, z_stride, g_ptr, g_stride, t_ptr, lse_ptr, ent_ptr, glp_ptr, gent_ptr, V, inv_t,
-                        ignore_index, WITH_ENTROPY: tl.constexpr, BLOCK_V: tl.constexpr):
+                        WITH_ENTROPY: tl.constexpr, BLOCK_V: tl.constexpr):
+    # z is a block of V vocabulary columns; t is the target's column in it, or -1. Ignored rows arrive
+    # with zero upstream gradients, so they come out zero without a branch.
     row = tl.program_id(0).to(tl.int64)
     z_row = z_ptr + row * z_stride
     g_row = g_ptr + row * g_stride
     target = tl.load(t_ptr + row)
-    keep = tl.where(target == ignore_index, 0.0, 1.0)
-    g_lp = tl.load(glp_ptr + row) * keep
+    g_lp = tl.load(glp_ptr + row)
     lse = tl.load(lse_ptr + row)
     if WITH_ENTROPY:
-        g_ent = tl.load(gent_ptr + row) * keep
+        g_ent = tl.load(gent_ptr + row)
         ent = tl.load(ent_ptr + row)
     for start in range(0, V, BLOCK_V):
         cols = start + tl.arange(0, BLOCK_V)
@@ -98,19 +100,20 @@ def logprob_rows(z_NV, targets_N, inv_temperature, ignore_index, with_entropy):
     return lp_N, lse_N, ent_N
 
 
-def logprob_rows_backward_(z_NV, targets_N, lse_N, ent_N, g_lp_N, g_ent_N, inv_temperature, ignore_index):
-    n, vocab = z_NV.shape
+def logprob_rows_backward_(z_NB, targets_N, lse_N, ent_N, g_lp_N, g_ent_N, inv_temperature):
+    """z_NB: a block of logits columns; targets_N: the target's column in it, or -1 (elsewhere, ignored)."""
+    n, width = z_NB.shape
     if n == 0:
-        return z_NV
+        return z_NB
     with_entropy = g_ent_N is not None
-    block, warps = _launch_config(vocab)
+    block, warps = _launch_config(width)
     # Reading and writing the same buffer is safe: each element is read, then written, by one program.
     _logprob_bwd_kernel[(n,)](
-        z_NV, z_NV.stride(0), z_NV, z_NV.stride(0), targets_N, lse_N, ent_N if with_entropy else lse_N,
-        g_lp_N, g_ent_N if with_entropy else g_lp_N, vocab, inv_temperature, ignore_index,
+        z_NB, z_NB.stride(0), z_NB, z_NB.stride(0), targets_N, lse_N, ent_N if with_entropy else lse_N,
+        g_lp_N, g_ent_N if with_entropy else g_lp_N, width, inv_temperature,
         WITH_ENTROPY=with_entropy, BLOCK_V=block, num_warps=warps,
     )
-    return z_NV
+    return z_NB
 
 
 def token_logprobs(

@@ -10,8 +10,9 @@ Row math (per token, logits z scaled by 1/T, p = softmax(z), lse = logsumexp(z))
                         with a = (1 - beta) log(q / m)  [dJSD/dq = (1 - beta) log(q / m): the m terms cancel]
   KL estimators (d = ref_logp - logp, samples from the policy): k1 = -d, k2 = d^2 / 2, k3 = e^d - 1 - d.
 Gradients w.r.t. raw logits carry one more 1/T. Backward recomputes p from the saved lse instead of
-storing it, and writes dL/dz into the logits buffer it is given (see functions.py), so the chunked CPU
-path needs a handful of [chunk, V] fp32 buffers and nothing of size [N, V].
+storing it, works on any block of vocabulary columns (it is elementwise given the per-row statistics),
+and writes dL/dz into the logits buffer it is given (see functions.py), so the chunked CPU path needs a
+handful of tile-sized fp32 buffers and nothing of size [N, V].
 
 Logits of -inf (a masked vocabulary entry) have p = 0 and contribute 0, never 0 * inf = nan.
 Left out: fp64 outputs (everything returns fp32), and reductions over tokens (callers mask and average).
@@ -54,29 +55,28 @@ def logprob_rows(z_NV, targets_N, inv_temperature, ignore_index, with_entropy):
     return lp_N, lse_N, ent_N
 
 
-def logprob_rows_backward_(z_NV, targets_N, lse_N, ent_N, g_lp_N, g_ent_N, inv_temperature, ignore_index):
-    ignored_N = targets_N == ignore_index
-    g_lp_N = g_lp_N.masked_fill(ignored_N, 0.0)
-    x = z_NV if z_NV.dtype == F32 else z_NV.float()
+def logprob_rows_backward_(z_NB, targets_N, lse_N, ent_N, g_lp_N, g_ent_N, inv_temperature):
+    """z_NB: a block of logits columns; targets_N: the target's column in it, or -1 (elsewhere, ignored)."""
+    x = z_NB if z_NB.dtype == F32 else z_NB.float()
     if inv_temperature != 1.0:
         x.mul_(inv_temperature)
     x.sub_(lse_N[:, None])  # log p, in place
     if g_ent_N is None:
         x.exp_().mul_(-g_lp_N[:, None])
     else:
-        g_ent_N = g_ent_N.masked_fill(ignored_N, 0.0)
-        p_NV = x.exp()
+        p_NB = x.exp()
         # -p (g_lp + g_ent (log p + H)), built in place in x
         x.clamp_(min=LOG_FLOOR).add_(ent_N[:, None]).mul_(g_ent_N[:, None]).add_(g_lp_N[:, None])
-        x.mul_(p_NV).neg_()
-        del p_NV
+        x.mul_(p_NB).neg_()
+        del p_NB
+    hit_N = targets_N >= 0
     rows_N = torch.arange(x.shape[0], device=x.device)
-    x.index_put_((rows_N, targets_N.masked_fill(ignored_N, 0)), g_lp_N, accumulate=True)
+    x.index_put_((rows_N, targets_N.clamp(min=0)), torch.where(hit_N, g_lp_N, 0.0), accumulate=True)
     if inv_temperature != 1.0:
         x.mul_(inv_temperature)
-    if x is not z_NV:
-        z_NV.copy_(x)
-    return z_NV
+    if x is not z_NB:
+        z_NB.copy_(x)
+    return z_NB
 
 
 def _log_mixture(logq_NV, logp_NV, beta):
@@ -100,17 +100,18 @@ def jsd_rows(s_NV, t_NV, beta, inv_temperature):
     return jsd_N, lse_s, lse_t, c_N
 
 
-def jsd_rows_backward_(s_NV, t_NV, lse_s, lse_t, c_N, g_N, beta, inv_temperature):
-    logq = _as_f32(s_NV, inv_temperature) - lse_s[:, None]
-    logp = _as_f32(t_NV, inv_temperature) - lse_t[:, None]
+def jsd_rows_backward_(s_NB, t_NB, lse_s, lse_t, c_N, g_N, beta, inv_temperature):
+    """s_NB, t_NB: the same block of vocabulary columns of student and teacher logits."""
+    logq = _as_f32(s_NB, inv_temperature) - lse_s[:, None]
+    logp = _as_f32(t_NB, inv_temperature) - lse_t[:, None]
     q = logq.exp()
     if beta == 0.0:
         grad = q - logp.exp()
     else:
         a = logq - logp if beta == 1.0 else (1.0 - beta) * (logq - _log_mixture(logq, logp, beta))
         grad = torch.where(q > 0, q * (a - c_N[:, None]), 0.0)
-    s_NV.copy_(grad.mul_((g_N * inv_temperature)[:, None]))
-    return s_NV
+    s_NB.copy_(grad.mul_((g_N * inv_temperature)[:, None]))
+    return s_NB
 
 
 def token_logprobs(

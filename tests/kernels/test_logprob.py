@@ -130,7 +130,8 @@ def _linear_ref(h, w, targets, temperature, g_lp, g_ent):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("vocab,chunk_size", [(151, 4), (4099, None)])
+# chunk_size=1 forces the backward's multi-row-group path (rows per tile < N) and two vocab blocks.
+@pytest.mark.parametrize("vocab,chunk_size", [(151, 4), (151, 1), (4099, None)])
 def test_linear_token_logprobs_fp32_matches_fp64(backend, vocab, chunk_size):
     lp_mod, _ = backend_modules(backend)
     h, w, targets, g_lp, g_ent = _linear_case(vocab, torch.float32, seed=vocab)
