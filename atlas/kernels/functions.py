@@ -99,14 +99,15 @@ class LinearTokenLogprobs(torch.autograd.Function):
         lp_N = torch.empty(n, dtype=F32, device=hidden_NH.device)
         lse_N = torch.empty_like(lp_N)
         ent_N = torch.empty_like(lp_N) if with_entropy else None
+        buf = _Buffer(chunk * weight_VH.shape[0], hidden_NH)
         for s in range(0, n, chunk):
             e = min(s + chunk, n)
-            z_CV = _scaled(hidden_NH[s:e], inv_temperature) @ weight_VH.T
+            z_CV = buf.mm(_scaled(hidden_NH[s:e], inv_temperature), weight_VH.T)
             lp, lse, ent = rows_fwd(z_CV, targets_N[s:e], 1.0, ignore_index, with_entropy)
             lp_N[s:e], lse_N[s:e] = lp, lse
             if with_entropy:
                 ent_N[s:e] = ent
-            del z_CV
+        del buf
         ctx.save_for_backward(hidden_NH, weight_VH, targets_N, lse_N, ent_N)
         ctx.args = (inv_temperature, ignore_index, chunk * weight_VH.shape[0], rows_bwd)
         return (lp_N, ent_N) if with_entropy else lp_N
@@ -128,6 +129,18 @@ class LinearTokenLogprobs(torch.autograd.Function):
 
         d_hidden, d_weight = _tiled_backward(ctx, hidden_NH, weight_VH, budget, inv_temperature, tile_backward)
         return d_hidden, d_weight, None, None, None, None, None, None, None
+
+
+class _Buffer:
+    """One reused allocation for every logits tile: a fresh 100+ MB tensor per chunk costs page faults
+    and zeroing on CPU (glibc returns big blocks to the OS on free) and allocator churn on GPU."""
+
+    def __init__(self, numel: int, like: torch.Tensor):
+        self.flat = torch.empty(numel, dtype=like.dtype, device=like.device)
+
+    def mm(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        out = self.flat[: a.shape[0] * b.shape[1]].view(a.shape[0], b.shape[1])
+        return torch.mm(a, b, out=out)
 
 
 def _backward_tiles(n: int, vocab: int, budget: int) -> tuple[int, int]:
@@ -154,13 +167,14 @@ def _tiled_backward(ctx, hidden_NH, weight_VH, budget, inv_temperature, tile_bac
     h_NH = _scaled(hidden_NH, inv_temperature)
     d_hidden = torch.zeros(n, hid, dtype=F32, device=hidden_NH.device) if need_h else None
     d_weight = torch.empty_like(weight_VH) if need_w else None
+    buf = _Buffer(budget, hidden_NH)
     for v0 in range(0, vocab, block_v):
         v1 = min(v0 + block_v, vocab)
         w_BH = weight_VH[v0:v1]
         dw_BH = torch.zeros(v1 - v0, hid, dtype=F32, device=w_BH.device) if need_w and rows < n else None
         for r0 in range(0, n, rows):
             r1 = min(r0 + rows, n)
-            z_RB = h_NH[r0:r1] @ w_BH.T
+            z_RB = buf.mm(h_NH[r0:r1], w_BH.T)
             tile_backward(z_RB, r0, r1, v0, v1)
             if need_h:
                 _add_matmul_(d_hidden[r0:r1], z_RB, w_BH)
@@ -169,7 +183,6 @@ def _tiled_backward(ctx, hidden_NH, weight_VH, budget, inv_temperature, tile_bac
                     torch.mm(z_RB.T, h_NH, out=d_weight[v0:v1])
                 else:
                     _add_matmul_(dw_BH, z_RB.T, h_NH[r0:r1])
-            del z_RB
         if dw_BH is not None:
             d_weight[v0:v1] = dw_BH
     if need_h:
@@ -207,12 +220,13 @@ class LinearGeneralizedJSD(torch.autograd.Function):
         n = hs_NH.shape[0]
         out_N = torch.empty(n, dtype=F32, device=hs_NH.device)
         lse_s, lse_t, c_N = torch.empty_like(out_N), torch.empty_like(out_N), torch.empty_like(out_N)
+        buf_s, buf_t = _Buffer(chunk * ws_VH.shape[0], hs_NH), _Buffer(chunk * ws_VH.shape[0], ht_NK)
         for s in range(0, n, chunk):
             e = min(s + chunk, n)
-            zs_CV = _scaled(hs_NH[s:e], inv_temperature) @ ws_VH.T
-            zt_CV = _scaled(ht_NK[s:e], inv_temperature) @ wt_VK.T
+            zs_CV = buf_s.mm(_scaled(hs_NH[s:e], inv_temperature), ws_VH.T)
+            zt_CV = buf_t.mm(_scaled(ht_NK[s:e], inv_temperature), wt_VK.T)
             out_N[s:e], lse_s[s:e], lse_t[s:e], c_N[s:e] = rows_fwd(zs_CV, zt_CV, beta, 1.0)
-            del zs_CV, zt_CV
+        del buf_s, buf_t
         ctx.save_for_backward(hs_NH, ws_VH, ht_NK, wt_VK, mask_N, lse_s, lse_t, c_N)
         ctx.args = (beta, inv_temperature, scale, chunk * ws_VH.shape[0], rows_bwd)
         return _scale_and_mask(out_N, scale, mask_N)
@@ -224,10 +238,12 @@ class LinearGeneralizedJSD(torch.autograd.Function):
         g_N = _scale_and_mask(_grad_or_zeros(g_N, hs_NH.shape[0], hs_NH), scale, mask_N)
         ht_NK = _scaled(ht_NK, inv_temperature)
 
+        buf_t = _Buffer(budget, ht_NK)
+
         def tile_backward(zs_RB, r0, r1, v0, v1):
             # The teacher's tile is recomputed too: keeping [N, V] teacher logits is what this avoids.
-            rows_bwd(zs_RB, ht_NK[r0:r1] @ wt_VK[v0:v1].T, lse_s[r0:r1], lse_t[r0:r1], c_N[r0:r1], g_N[r0:r1],
-                     beta, 1.0)
+            rows_bwd(zs_RB, buf_t.mm(ht_NK[r0:r1], wt_VK[v0:v1].T), lse_s[r0:r1], lse_t[r0:r1], c_N[r0:r1],
+                     g_N[r0:r1], beta, 1.0)
 
         d_hidden, d_weight = _tiled_backward(ctx, hs_NH, ws_VH, budget, inv_temperature, tile_backward)
         return d_hidden, d_weight, None, None, None, None, None, None, None, None, None
