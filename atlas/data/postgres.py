@@ -10,7 +10,9 @@ How it reads (psycopg 3):
 - per batch, one query each for step results, guidance notes and (only with `include_events=True`)
   trajectory events, with `session_id = ANY(batch ids)`: four queries per batch, never one per session;
 - each session is assembled into the SDK export's record shape and parsed by schema.parse_session, the
-  parser the JSONL path uses, so both sources give the same `Session` for the same data.
+  parser the JSONL path uses, so both sources give the same `Session` for the same data;
+- the judge audit (`reward_audit`, with its copy in the metadata column) is only sent with
+  `include_audit=True`: it is the bulk of a session's bytes and never training data.
 Only SELECT is needed. A connection failure raises `ConnectionError` naming host, port, database and
 user; the password never appears in messages or logs (`redact_url`).
 
