@@ -29,6 +29,14 @@ resharding after forward switched off until the end), not per decode step. That 
 the parameters per rank for the duration of generation, on top of the sharded ones, plus the KV cache
 (2 * L * B * S * KVH * D * bytes).
 
+`compile=True` compiles the decode step (model forward + LM head for one token per row) once with
+torch.compile, gpt-fast style: the cache switches to fixed shapes after prefill (`start_static_decode`:
+tensor write slot, attention over all slots under a mask), and finished rows are no longer compacted
+(they stop being sampled but keep their slot, so shapes never change). On CUDA it uses CUDA graphs
+("reduce-overhead"). Each distinct (rows, cache length) compiles once; cache lengths are rounded up to a
+multiple of 64 so repeated calls with similar lengths reuse it. The eager path is the default: see
+BENCHMARKS.md for where compiling pays.
+
 Left out: paged attention, continuous batching across calls, speculative decoding, beam search,
 repetition penalties. On CUDA the loop checks for finished rows every `check_every` steps (default 8)
 to avoid a host sync per token; on CPU every step.
@@ -95,8 +103,13 @@ class Sampler:
     """
 
     def __init__(self, model: Transformer, tokenizer=None, eos_token_ids: list[int] | None = None,
-                 check_every: int | None = None):
+                 check_every: int | None = None, compile: bool = False):
         self.model = model
+        self.compile = compile
+        self._step = self._forward_step
+        if compile:
+            mode = "reduce-overhead" if model.device.type == "cuda" else "default"
+            self._step = torch.compile(self._forward_step, fullgraph=True, dynamic=False, mode=mode)
         eos = set(model.config.eos_token_id) | set(eos_token_ids or [])
         if tokenizer is not None and tokenizer.eos_token_id is not None:
             eos.add(tokenizer.eos_token_id)
@@ -131,12 +144,17 @@ class Sampler:
             ids_PT[i, Tp - len(p):] = torch.tensor(p, device=device)
             mask_PT[i, Tp - len(p):] = 1
 
+        max_len = Tp + params.max_new_tokens
+        if self.compile:
+            max_len = min(-(-max_len // 64) * 64, config.max_position_embeddings)
         with _gathered(self.model):
-            cache = KVCache(config, B, Tp + params.max_new_tokens, dtype=self.model.dtype, device=device)
-            prefill = _rows_view(cache, n)
+            cache = KVCache(config, B, max_len, dtype=self.model.dtype, device=device)
+            prefill = cache.every_nth_row(n)
             hidden = self.model(ids_PT, attention_mask_BT=mask_PT, cache=prefill, return_hidden=True)
             _broadcast_groups(cache, prefill, n)
             logits_BV = self.model.lm_head(hidden[:, -1]).repeat_interleave(n, dim=0)
+            if self.compile:
+                cache.start_static_decode()
             tokens_BT, logp_BT, slogp_BT, ended_at_B = self._decode(
                 logits_BV, cache, torch.tensor(lengths, device=device).repeat_interleave(n), params, stop, gen,
                 check_every,
@@ -166,16 +184,19 @@ class Sampler:
                 finished = live_stop >= 0
                 if bool(finished.all()):
                     break
-                if bool(finished.any()):  # compact: finished rows leave the batch and the cache
+                if bool(finished.any()) and not self.compile:  # compact: finished rows leave batch and cache
                     keep = (~finished).nonzero().squeeze(1)
                     ended_at_B[rows[finished]] = live_stop[finished]
                     rows, token_b, live_stop = rows[keep], token_b[keep], live_stop[keep]
                     cache.select_rows(keep)
-            positions = (prompt_len_B[rows] + t)[:, None]
-            logits_BV = self.model(token_b[:, None], positions_BT=positions, cache=cache, return_hidden=True)
-            logits_BV = self.model.lm_head(logits_BV[:, 0])
+            logits_BV = self._step(token_b[:, None], (prompt_len_B[rows] + t)[:, None], cache)
         ended_at_B[rows] = live_stop
         return tokens_BT, logp_BT, slogp_BT, ended_at_B
+
+    def _forward_step(self, tokens_B1: torch.Tensor, positions_B1: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """One decode step: next-token logits [B, V] for one token per row."""
+        hidden = self.model(tokens_B1, positions_BT=positions_B1, cache=cache, return_hidden=True)
+        return self.model.lm_head(hidden[:, 0])
 
     def _completions(self, tokens_BT, logp_BT, slogp_BT, ended_at_B, n, params) -> list[Completion]:
         tokens, logp, slogp, ended = (x.cpu() for x in (tokens_BT, logp_BT, slogp_BT, ended_at_B))
@@ -235,14 +256,6 @@ def truncate(z_BV: torch.Tensor, params: SamplingParams) -> torch.Tensor:
         probs = z_BV.softmax(-1)
         z_BV = z_BV.masked_fill(probs < params.min_p * probs.amax(-1, keepdim=True), float("-inf"))
     return z_BV
-
-
-def _rows_view(cache: KVCache, n: int) -> KVCache:
-    """A KVCache over rows 0, n, 2n, ... of `cache` (a strided view): prefill writes straight into them."""
-    view = KVCache.__new__(KVCache)
-    view.k, view.v, view.valid_BS = cache.k[:, ::n], cache.v[:, ::n], cache.valid_BS[::n]
-    view.pos, view.has_pad = 0, False
-    return view
 
 
 def _broadcast_groups(cache: KVCache, prefill: KVCache, n: int) -> None:

@@ -189,3 +189,18 @@ def test_bad_prompts(pair, prompts, params, message):
 def test_bad_sampling_params(params, message):
     with pytest.raises(ValueError, match=message):
         SamplingParams(**params)
+
+
+@pytest.mark.slow
+def test_compiled_decode_equals_eager(pair):
+    """compile=True (fixed-shape cache, torch.compile'd step) samples the same tokens with the same logprobs."""
+    _, model = pair
+    prompts = _prompts([4, 13, 9], seed=13)
+    params = SamplingParams(max_new_tokens=12, temperature=0.8, n=2, seed=3, stop_token_ids=[5, 6, 7])
+    eager = Sampler(model).generate(prompts, params)
+    compiled = Sampler(model, compile=True)
+    for _ in range(2):  # the second call reuses the compiled step
+        outs = compiled.generate(prompts, params)
+        for a, b in zip(eager, outs):
+            assert a.token_ids == b.token_ids and a.finish_reason == b.finish_reason
+            assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-4)

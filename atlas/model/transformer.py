@@ -18,7 +18,9 @@ Module and parameter names mirror transformers' minus its `model.` prefix, so HF
   derived from it as transformers does), packed sequences (`cu_seqlens`, flash-attn's varlen kernel on CUDA
   when installed, a block-diagonal causal mask otherwise), explicit `positions_BT`;
 - a static KV cache (`KVCache`) for the sampler: new keys/values are written at slots [pos, pos + T) and
-  queries attend to every valid slot before them;
+  queries attend to every valid slot before them; after `KVCache.start_static_decode()` every call has
+  the same shapes (one token per row at a tensor slot, attention over all slots under a mask), so a
+  decode step can be compiled once and replayed (gpt-fast style, CUDA graphs);
 - `return_hidden=True` returns the final normed hidden states instead of logits, so trainers compute
   log-probabilities from hidden states and the LM head in chunks (atlas.kernels) without a [T, V] tensor.
 
@@ -27,6 +29,7 @@ Left out: dropout (atlas fine-tunes without it), sliding windows, attention sink
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -130,6 +133,7 @@ class KVCache:
         self.valid_BS = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)
         self.pos = 0
         self.has_pad = False  # whether any written slot is a pad (then attention needs a mask)
+        self.slot_t: torch.Tensor | None = None  # the decode slot in static mode, as a [1] tensor
 
     @property
     def batch_size(self) -> int:
@@ -138,6 +142,20 @@ class KVCache:
     @property
     def max_len(self) -> int:
         return self.k.shape[3]
+
+    def start_static_decode(self) -> None:
+        """Fixed shapes from here on: each forward takes one token per row, writes it at slot `slot_t`
+        (a tensor, so nothing a compiler would specialise on changes between steps) and attends over all
+        max_len slots under valid & (slot <= slot_t). Unwritten slots are marked valid now: the causal
+        term hides them until they are written. `pos` stops advancing; `slot_t` is the position."""
+        self.valid_BS[:, self.pos:] = True
+        self.slot_t = torch.tensor([self.pos], device=self.k.device)
+
+    def every_nth_row(self, n: int) -> KVCache:
+        """A cache over rows 0, n, 2n, ... of this one (strided views: writes land here)."""
+        view = copy.copy(self)
+        view.k, view.v, view.valid_BS = self.k[:, ::n], self.v[:, ::n], self.valid_BS[::n]
+        return view
 
     def select_rows(self, rows: torch.Tensor) -> None:
         """Keep only `rows` (a 1-D index into the batch, repeats allowed): compaction and forking."""
@@ -171,7 +189,12 @@ class Attention(nn.Module):
         q = apply_rope(q.transpose(1, 2), cos_BTD, sin_BTD)
         k = apply_rope(k.transpose(1, 2), cos_BTD, sin_BTD)
 
-        if ctx.cache is not None:
+        if ctx.cache is not None and ctx.cache.slot_t is not None:
+            cache = ctx.cache
+            cache.k[layer].index_copy_(2, cache.slot_t, k)
+            cache.v[layer].index_copy_(2, cache.slot_t, v)
+            k, v = cache.k[layer], cache.v[layer]
+        elif ctx.cache is not None:
             cache, end = ctx.cache, ctx.cache.pos + T
             cache.k[layer, :, :, cache.pos:end] = k
             cache.v[layer, :, :, cache.pos:end] = v
@@ -268,7 +291,8 @@ class Transformer(nn.Module):
         attention_mask_BT: 1 for real tokens, 0 for padding (left or right); pads attend only to themselves.
         cu_seqlens: [S + 1] int32 cumulative lengths of S sequences packed into one row (B must be 1).
         positions_BT: rope positions; derived from the mask / boundaries / cache position when omitted.
-        cache: a KVCache; this call writes slots [cache.pos, cache.pos + T) and advances cache.pos.
+        cache: a KVCache; this call writes slots [cache.pos, cache.pos + T) and advances cache.pos
+            (in static mode: slot cache.slot_t, T = 1, positions_BT required).
         """
         if input_ids_BT.dim() != 2:
             raise ValueError(f"input_ids must be [batch, time], got shape {tuple(input_ids_BT.shape)}")
@@ -279,6 +303,8 @@ class Transformer(nn.Module):
             if positions_BT.shape != (B, T):
                 raise ValueError(f"positions_BT must have shape {(B, T)}, got {tuple(positions_BT.shape)}")
             positions = positions_BT
+        if positions is None:
+            raise ValueError("a cache in static decode mode needs explicit positions_BT")
 
         h = self.embed_tokens(input_ids_BT)
         freqs = positions.to(torch.float32)[..., None] * self.inv_freq.float()
@@ -286,7 +312,9 @@ class Transformer(nn.Module):
         cos, sin = (emb.cos() * self.rope_scale).to(h.dtype), (emb.sin() * self.rope_scale).to(h.dtype)
         for i, layer in enumerate(self.layers):
             h = layer(h, cos, sin, ctx, i)
-        if cache is not None:
+        if cache is not None and cache.slot_t is not None:
+            cache.slot_t += 1
+        elif cache is not None:
             cache.pos += T
         h = self.norm(h)
         return h if return_hidden else self.lm_head(h)
@@ -306,6 +334,12 @@ class Transformer(nn.Module):
                 return _AttnContext(cu_seqlens=cu_seqlens, max_seqlen=int(cu_seqlens.diff().max())), positions
             mask = (seq_T[:, None] == seq_T[None, :]) & (t[:, None] >= t[None, :])
             return _AttnContext(mask=mask[None, None]), positions
+
+        if cache is not None and cache.slot_t is not None:
+            if T != 1 or cache.batch_size != B:
+                raise ValueError(f"static decode takes one token for each of the cache's {cache.batch_size} rows")
+            visible_BS = cache.valid_BS & (torch.arange(cache.max_len, device=device) <= cache.slot_t)
+            return _AttnContext(mask=visible_BS[:, None, None], cache=cache), None
 
         start = cache.pos if cache is not None else 0
         end = start + T

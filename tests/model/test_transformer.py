@@ -138,3 +138,29 @@ def test_bad_forward_inputs(qwen3):
     cache = am.KVCache(model.config, 1, 4, dtype=torch.float32, device="cpu")
     with pytest.raises(ValueError, match="cache overflow"):
         model(_ids(1, 6), cache=cache)
+
+
+def test_static_decode_equals_full_forward(qwen3):
+    """Fixed-shape decoding (tensor slot, attention over all slots) gives the same logits."""
+    _, model = qwen3
+    a, b = _ids(1, 6, seed=7)[0], _ids(1, 10, seed=8)[0]
+    ids = torch.zeros(2, 10, dtype=torch.long)
+    mask = torch.zeros(2, 10, dtype=torch.long)
+    ids[0, 4:], mask[0, 4:] = a, 1
+    ids[1], mask[1] = b, 1
+    nxt = _ids(2, 4, seed=9)
+    cache = am.KVCache(model.config, 2, 24, dtype=torch.float32, device="cpu")
+    with torch.no_grad():
+        model(ids, attention_mask_BT=mask, cache=cache)
+        cache.start_static_decode()
+        steps = []
+        for t in range(4):
+            positions = torch.tensor([[6 + t], [10 + t]])
+            steps.append(model(nxt[:, t:t + 1], positions_BT=positions, cache=cache))
+        assert cache.slot_t.item() == 14
+        with pytest.raises(ValueError, match="explicit positions_BT"):
+            model(nxt[:, :1], cache=cache)
+        decoded = torch.cat(steps, dim=1)
+        for i, row in enumerate([a, b]):
+            full = model(torch.cat([row, nxt[i]])[None])[0, -4:]
+            assert (decoded[i] - full).abs().max().item() <= TOL
