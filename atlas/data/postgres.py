@@ -272,7 +272,11 @@ def _record(
 
     plan = _object(plan, "plans.plan")
     plan_steps = plan.get("steps")
-    by_id = {p.get("id"): p for p in plan_steps if isinstance(p, dict)} if isinstance(plan_steps, list) else {}
+    by_id = (
+        {p["id"]: p for p in plan_steps if isinstance(p, dict) and isinstance(p.get("id"), int)}
+        if isinstance(plan_steps, list)
+        else {}
+    )
     record: dict[str, Any] = {
         "task": task,
         "final_answer": final_answer or "",

@@ -7,19 +7,13 @@ ATLAS_REQUIRE_POSTGRES=1 (as in CI), where they fail instead.
 
 from __future__ import annotations
 
-import json
 import os
 
 import psycopg
 import pytest
 
 from tests.data.pgserver import PostgresServer, copy_records, create_sdk_schema, unavailable_reason
-from tests.data.records import FIXTURES
-
-
-def write_jsonl(path, records) -> str:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    return str(path)
+from tests.data.records import FIXTURES, write_jsonl
 
 
 @pytest.fixture

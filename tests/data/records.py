@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 KEY_A = "a" * 63 + "1"
@@ -159,6 +160,11 @@ def _fixtures() -> list[dict[str, Any]]:
 
 
 FIXTURES = _fixtures()
+
+
+def write_jsonl(path: Path, records: list[dict[str, Any]]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return str(path)
 
 
 def generate_records(n: int, seed: int = 0, start_id: int = 1) -> list[dict[str, Any]]:

@@ -9,7 +9,7 @@ import pytest
 from atlas.data import gkd_examples, grpo_examples, load_sessions
 from atlas.data.datasets import build_prompt, split_of, task_key
 from atlas.data.schema import parse_session
-from tests.data.records import FIXTURES, generate_records, make_record
+from tests.data.records import FIXTURES, generate_records, make_record, write_jsonl
 
 SESSIONS = [parse_session(r) for r in FIXTURES if r.get("review_status") == "approved"]
 
@@ -90,8 +90,6 @@ def test_known_split_assignments_do_not_drift():
 
 
 def test_end_to_end_from_a_file(tmp_path):
-    from tests.data.conftest import write_jsonl
-
     path = write_jsonl(tmp_path / "t.jsonl", FIXTURES)
     split = gkd_examples(load_sessions(path, min_reward=0.8, status="succeeded"), eval_fraction=0.0)
     assert sorted(e.meta["session_id"] for e in split.train) == [1, 2, 8, 11]

@@ -13,8 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from atlas.data import SessionStream, load_sessions
-from tests.data.conftest import write_jsonl
-from tests.data.records import FIXTURES, KEY_B
+from tests.data.records import FIXTURES, KEY_B, write_jsonl
 
 
 def ids(stream) -> list[int]:

@@ -8,9 +8,8 @@ import psycopg
 import pytest
 
 from atlas.data import load_sessions
-from tests.data.conftest import write_jsonl
 from tests.data.pgserver import copy_records, create_sdk_schema, table_digest
-from tests.data.records import FIXTURES, KEY_B, generate_records
+from tests.data.records import FIXTURES, KEY_B, generate_records, write_jsonl
 
 pytestmark = pytest.mark.postgres
 
@@ -101,9 +100,14 @@ def test_select_only_role_and_database_unchanged(pg_server, pg_url, reader_url):
 
 def test_filters_are_parameters_not_sql(pg_server, reader_url):
     hostile = "x' OR '1'='1"
+    log_before = pg_server.log_path.read_text(errors="replace")
     assert ids(load_sessions(reader_url, learning_key=hostile, review_status=None)) == []
     assert ids(load_sessions(reader_url, review_status=[hostile])) == []
-    assert hostile not in "".join(line for line in pg_server.log_path.read_text().splitlines() if "statement:" in line)
+    lines = pg_server.log_path.read_text(errors="replace")[len(log_before):].splitlines()
+    bound = [line for line in lines if "DETAIL:  parameters:" in line]
+    # The value reaches the server only as a bound parameter, never inside a statement's text.
+    assert sum("x'' OR ''1''=''1" in line for line in bound) == 4  # 2 loads x (cursor + exclusion count)
+    assert not any("OR '1'" in line or "OR ''1''" in line for line in lines if line not in bound)
 
 
 def test_batches_fetch_children_in_bulk(pg_server, reader_url):
@@ -139,6 +143,26 @@ def test_malformed_row_names_the_session(pg_server):
         list(load_sessions(url))
     stream = load_sessions(url, on_error="skip")
     assert ids(stream) == [1] and stream.excluded == {"malformed": 1}
+
+
+def test_junk_in_json_columns_is_a_value_error(pg_server):
+    url = pg_server.create_database("junk")
+    create_sdk_schema(url)
+    with psycopg.connect(url) as conn:
+        copy_records(conn, FIXTURES[:1])
+        conn.execute("INSERT INTO sessions (id, task, review_status, metadata) VALUES (2, 't', 'approved', '[1, 2]')")
+        conn.execute("INSERT INTO sessions (id, task, review_status) VALUES (3, 't', 'approved')")
+        conn.execute("INSERT INTO plans VALUES (3, '\"a plan as a string\"')")
+        conn.execute("INSERT INTO sessions (id, task, review_status) VALUES (4, 't', 'approved')")
+        conn.execute("INSERT INTO step_results (session_id, step_id, evaluation) VALUES (4, 1, '7')")
+        conn.execute("INSERT INTO sessions (id, task, review_status) VALUES (5, 't', 'approved')")
+        conn.execute("INSERT INTO trajectory_events (session_id, event) VALUES (5, '[\"not an object\"]')")
+        conn.execute("INSERT INTO sessions (id, task, review_status) VALUES (6, 't', 'approved')")
+        conn.execute("INSERT INTO plans VALUES (6, '{\"steps\": [{\"id\": [1]}, 3]}')")
+    stream = load_sessions(url, on_error="skip", include_events=True)
+    assert ids(stream) == [1, 6]
+    assert stream.excluded == {"malformed": 4}
+    assert [e.split(": ")[1] for e in stream.report.errors] == [f"session id {i}" for i in (2, 3, 4, 5)]
 
 
 def test_connection_failure_names_host_port_database_not_password(pg_server):

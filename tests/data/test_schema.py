@@ -1,4 +1,4 @@
-"""Parsing export records into Session/Step/TrajectoryEvent: fields, missing optionals, bad input."""
+"""Parsing export records into Session/Step/TrajectoryEvent (and assembling them from Postgres rows): bad input."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from atlas.data import Session, Step, TrajectoryEvent
+from atlas.data.postgres import _record
 from atlas.data.schema import parse_session
 from tests.data.records import FIXTURES, KEY_A, make_record
 
@@ -148,3 +149,16 @@ def test_junk_fields_in_real_records_never_crash_with_anything_but_value_error(r
         record["steps"][0][edits[0][0]] = edits[0][1]
     with contextlib.suppress(ValueError):
         parse_session(record, include_events=True)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.fixed_dictionaries({}, optional={k: json_values for k in ("metadata", "reward", "reward_stats", "plan",
+                                                                     "evaluation", "step_metadata", "event")}))
+def test_junk_row_values_never_crash_with_anything_but_value_error(values):
+    # The assembly from rows, without a server: every JSON column holding anything JSON can hold.
+    row = (1, "task", "succeeded", values.get("metadata"), "answer", values.get("reward"),
+           values.get("reward_stats"), None, None, None, "approved", None, None, None, values.get("plan"))
+    steps = {1: [(1, 1, "trace", "out", values.get("evaluation"), 1, values.get("step_metadata"))]}
+    events = {1: [{"id": 1, "event": values.get("event"), "created_at": None}]}
+    with contextlib.suppress(ValueError):
+        parse_session(_record(row, steps, {}, events), include_events=True)
