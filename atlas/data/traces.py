@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -41,7 +41,7 @@ _URL_SCHEMES = ("postgresql://", "postgres://")
 class SessionStream:
     """An iterator of `Session`s with the account of what was excluded (`report`, `excluded`)."""
 
-    def __init__(self, sessions: Iterator[Session], report: LoadReport) -> None:
+    def __init__(self, sessions: Generator[Session, None, None], report: LoadReport) -> None:
         self._sessions = sessions
         self.report = report
 
@@ -58,7 +58,7 @@ class SessionStream:
 
     def close(self) -> None:
         """Stop reading and release the file or connection; the report then covers what was read."""
-        self._sessions.close()  # type: ignore[attr-defined]
+        self._sessions.close()
 
     def __enter__(self) -> SessionStream:
         return self
@@ -123,7 +123,7 @@ def load_sessions(
     return SessionStream(_reported(sessions, report), report)
 
 
-def _reported(sessions: Iterator[Session], report: LoadReport) -> Iterator[Session]:
+def _reported(sessions: Iterator[Session], report: LoadReport) -> Generator[Session, None, None]:
     """Log the report once the reader is done, however it ended (exhausted, limit, closed, error)."""
     failed = True
     try:
