@@ -114,7 +114,7 @@ def linear_token_logprobs(
     chunk_size: int | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """token_logprobs(hidden @ weight.T, targets, T) without the [N, V] logits; chunk_size rows at a time
-    (default: as many as fit a 2^25-element buffer). Gradients reach hidden and weight."""
+    (default: as many as fit a 2^26-element tile). Gradients reach hidden and weight."""
     if _use_triton(hidden):
         from atlas.kernels import logprob
 

@@ -144,7 +144,7 @@ class _Buffer:
 
 
 def _backward_tiles(n: int, vocab: int, budget: int) -> tuple[int, int]:
-    rows = min(n, max(1, budget // MIN_BLOCK_V))
+    rows = max(1, min(n, budget // MIN_BLOCK_V))
     block_v = min(vocab, max(MIN_BLOCK_V, budget // rows // MIN_BLOCK_V * MIN_BLOCK_V))
     return rows, block_v
 
@@ -166,7 +166,7 @@ def _tiled_backward(ctx, hidden_NH, weight_VH, budget, inv_temperature, tile_bac
     rows, block_v = _backward_tiles(n, vocab, budget)
     h_NH = _scaled(hidden_NH, inv_temperature)
     d_hidden = torch.zeros(n, hid, dtype=F32, device=hidden_NH.device) if need_h else None
-    d_weight = torch.empty_like(weight_VH) if need_w else None
+    d_weight = torch.empty(weight_VH.shape, dtype=weight_VH.dtype, device=weight_VH.device) if need_w else None
     buf = _Buffer(budget, hidden_NH)
     for v0 in range(0, vocab, block_v):
         v1 = min(v0 + block_v, vocab)
