@@ -29,6 +29,7 @@ import math
 import torch
 import triton
 import triton.language as tl
+from torch import Tensor
 
 from atlas.kernels import functions
 from atlas.kernels.reference import check_kl_args
@@ -135,7 +136,7 @@ def _jsd_launch(beta: float, vocab: int) -> dict:
     return dict(log_1mb=logs[0], log_b=logs[1], MODE=mode, BLOCK_V=block, num_warps=8 if block >= 2048 else 4)
 
 
-def jsd_rows(s_NV, t_NV, beta, inv_temperature):
+def jsd_rows(s_NV: Tensor, t_NV: Tensor, beta: float, inv_temperature: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     n, vocab = s_NV.shape
     jsd_N = torch.empty(n, dtype=torch.float32, device=s_NV.device)
     lse_s, lse_t, c_N = torch.empty_like(jsd_N), torch.empty_like(jsd_N), torch.empty_like(jsd_N)
@@ -145,7 +146,10 @@ def jsd_rows(s_NV, t_NV, beta, inv_temperature):
     return jsd_N, lse_s, lse_t, c_N
 
 
-def jsd_rows_backward_(s_NV, t_NV, lse_s, lse_t, c_N, g_N, beta, inv_temperature):
+def jsd_rows_backward_(
+    s_NV: Tensor, t_NV: Tensor, lse_s: Tensor, lse_t: Tensor, c_N: Tensor, g_N: Tensor, beta: float,
+    inv_temperature: float,
+) -> Tensor:
     n, vocab = s_NV.shape
     if n:
         _jsd_bwd_kernel[(n,)](s_NV, s_NV.stride(0), t_NV, t_NV.stride(0), lse_s, lse_t, c_N, g_N, vocab,

@@ -28,7 +28,10 @@ Left out: compacting ignored/masked rows before the matmuls (they are computed, 
 sequence packing (callers flatten to [N, H] themselves).
 """
 
+from collections.abc import Callable
+
 import torch
+from torch import Tensor
 
 from atlas.kernels.common import (
     check_beta,
@@ -163,6 +166,8 @@ def _tiled_backward(ctx, hidden_NH, weight_VH, budget, inv_temperature, tile_bac
     if not (need_h or need_w):
         return None, None
     (n, hid), vocab = hidden_NH.shape, weight_VH.shape[0]
+    if n == 0:  # torch.mm with an empty inner dimension may leave out= untouched instead of zeroing it
+        return torch.zeros_like(hidden_NH) if need_h else None, torch.zeros_like(weight_VH) if need_w else None
     rows, block_v = _backward_tiles(n, vocab, budget)
     h_NH = _scaled(hidden_NH, inv_temperature)
     d_hidden = torch.zeros(n, hid, dtype=F32, device=hidden_NH.device) if need_h else None
@@ -261,7 +266,8 @@ def _scale_and_mask(x_N: torch.Tensor, scale: float, mask_N: torch.Tensor | None
 # Front ends: validation and reshaping shared by both backends; each backend passes its row math.
 
 
-def token_logprobs(logits, targets, temperature, ignore_index, return_entropy, rows_fwd, rows_bwd):
+def token_logprobs(logits: Tensor, targets: Tensor, temperature: float, ignore_index: int, return_entropy: bool,
+                   rows_fwd: Callable, rows_bwd: Callable) -> Tensor | tuple[Tensor, Tensor]:
     check_logits("logits", logits)
     inv_t = 1.0 / check_temperature(temperature)
     lead, vocab = logits.shape[:-1], logits.shape[-1]
@@ -274,8 +280,9 @@ def token_logprobs(logits, targets, temperature, ignore_index, return_entropy, r
     return tuple(o.view(lead) for o in out) if return_entropy else out.view(lead)
 
 
-def linear_token_logprobs(hidden, weight, targets, temperature, ignore_index, return_entropy, chunk_size,
-                          rows_fwd, rows_bwd):
+def linear_token_logprobs(hidden: Tensor, weight: Tensor, targets: Tensor, temperature: float, ignore_index: int,
+                          return_entropy: bool, chunk_size: int | None, rows_fwd: Callable,
+                          rows_bwd: Callable) -> Tensor | tuple[Tensor, Tensor]:
     check_linear("", hidden, weight)
     inv_t = 1.0 / check_temperature(temperature)
     lead, vocab = hidden.shape[:-1], weight.shape[0]
@@ -287,7 +294,8 @@ def linear_token_logprobs(hidden, weight, targets, temperature, ignore_index, re
     return tuple(o.view(lead) for o in out) if return_entropy else out.view(lead)
 
 
-def generalized_jsd(student_logits, teacher_logits, beta, temperature, mask, normalize, rows_fwd, rows_bwd):
+def generalized_jsd(student_logits: Tensor, teacher_logits: Tensor, beta: float, temperature: float,
+                    mask: Tensor | None, normalize: bool, rows_fwd: Callable, rows_bwd: Callable) -> Tensor:
     check_logits("student_logits", student_logits)
     check_logits("teacher_logits", teacher_logits)
     if student_logits.shape != teacher_logits.shape:
@@ -305,8 +313,10 @@ def generalized_jsd(student_logits, teacher_logits, beta, temperature, mask, nor
     return out.view(lead)
 
 
-def linear_generalized_jsd(student_hidden, student_weight, teacher_hidden, teacher_weight, beta, temperature,
-                           mask, normalize, chunk_size, rows_fwd, rows_bwd):
+def linear_generalized_jsd(student_hidden: Tensor, student_weight: Tensor, teacher_hidden: Tensor,
+                           teacher_weight: Tensor, beta: float, temperature: float, mask: Tensor | None,
+                           normalize: bool, chunk_size: int | None, rows_fwd: Callable,
+                           rows_bwd: Callable) -> Tensor:
     check_linear("student", student_hidden, student_weight)
     check_linear("teacher", teacher_hidden, teacher_weight)
     if student_weight.shape[0] != teacher_weight.shape[0] or student_hidden.shape[:-1] != teacher_hidden.shape[:-1]:

@@ -18,6 +18,7 @@ split-vocab parallelism for tiny N (one program per row suits the thousands of r
 import torch
 import triton
 import triton.language as tl
+from torch import Tensor
 
 from atlas.kernels import functions
 
@@ -85,7 +86,9 @@ def _launch_config(vocab: int) -> tuple[int, int]:
     return block, 8 if block >= 2048 else 4
 
 
-def logprob_rows(z_NV, targets_N, inv_temperature, ignore_index, with_entropy):
+def logprob_rows(
+    z_NV: Tensor, targets_N: Tensor, inv_temperature: float, ignore_index: int, with_entropy: bool
+) -> tuple[Tensor, Tensor, Tensor | None]:
     n, vocab = z_NV.shape
     lp_N = torch.empty(n, dtype=torch.float32, device=z_NV.device)
     lse_N = torch.empty_like(lp_N)
@@ -100,7 +103,10 @@ def logprob_rows(z_NV, targets_N, inv_temperature, ignore_index, with_entropy):
     return lp_N, lse_N, ent_N
 
 
-def logprob_rows_backward_(z_NB, targets_N, lse_N, ent_N, g_lp_N, g_ent_N, inv_temperature):
+def logprob_rows_backward_(
+    z_NB: Tensor, targets_N: Tensor, lse_N: Tensor, ent_N: Tensor | None, g_lp_N: Tensor, g_ent_N: Tensor | None,
+    inv_temperature: float,
+) -> Tensor:
     """z_NB: a block of logits columns; targets_N: the target's column in it, or -1 (elsewhere, ignored)."""
     n, width = z_NB.shape
     if n == 0:

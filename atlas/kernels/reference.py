@@ -21,6 +21,7 @@ Left out: fp64 outputs (everything returns fp32), and reductions over tokens (ca
 import math
 
 import torch
+from torch import Tensor
 
 from atlas.kernels import functions
 
@@ -42,7 +43,9 @@ def _plogratio_sum(logp_NV: torch.Tensor, logq_NV: torch.Tensor) -> torch.Tensor
     return terms.sum(-1)
 
 
-def logprob_rows(z_NV, targets_N, inv_temperature, ignore_index, with_entropy):
+def logprob_rows(
+    z_NV: Tensor, targets_N: Tensor, inv_temperature: float, ignore_index: int, with_entropy: bool
+) -> tuple[Tensor, Tensor, Tensor | None]:
     x = _as_f32(z_NV, inv_temperature)
     lse_N = torch.logsumexp(x, -1)
     ignored_N = targets_N == ignore_index
@@ -55,7 +58,10 @@ def logprob_rows(z_NV, targets_N, inv_temperature, ignore_index, with_entropy):
     return lp_N, lse_N, ent_N
 
 
-def logprob_rows_backward_(z_NB, targets_N, lse_N, ent_N, g_lp_N, g_ent_N, inv_temperature):
+def logprob_rows_backward_(
+    z_NB: Tensor, targets_N: Tensor, lse_N: Tensor, ent_N: Tensor | None, g_lp_N: Tensor, g_ent_N: Tensor | None,
+    inv_temperature: float,
+) -> Tensor:
     """z_NB: a block of logits columns; targets_N: the target's column in it, or -1 (elsewhere, ignored)."""
     x = z_NB if z_NB.dtype == F32 else z_NB.float()
     if inv_temperature != 1.0:
@@ -83,7 +89,7 @@ def _log_mixture(logq_NV, logp_NV, beta):
     return torch.logaddexp(logq_NV + math.log1p(-beta), logp_NV + math.log(beta))
 
 
-def jsd_rows(s_NV, t_NV, beta, inv_temperature):
+def jsd_rows(s_NV: Tensor, t_NV: Tensor, beta: float, inv_temperature: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     xs, xt = _as_f32(s_NV, inv_temperature), _as_f32(t_NV, inv_temperature)
     lse_s, lse_t = torch.logsumexp(xs, -1), torch.logsumexp(xt, -1)
     logq, logp = xs - lse_s[:, None], xt - lse_t[:, None]
@@ -100,7 +106,10 @@ def jsd_rows(s_NV, t_NV, beta, inv_temperature):
     return jsd_N, lse_s, lse_t, c_N
 
 
-def jsd_rows_backward_(s_NB, t_NB, lse_s, lse_t, c_N, g_N, beta, inv_temperature):
+def jsd_rows_backward_(
+    s_NB: Tensor, t_NB: Tensor, lse_s: Tensor, lse_t: Tensor, c_N: Tensor, g_N: Tensor, beta: float,
+    inv_temperature: float,
+) -> Tensor:
     """s_NB, t_NB: the same block of vocabulary columns of student and teacher logits."""
     logq = _as_f32(s_NB, inv_temperature) - lse_s[:, None]
     logp = _as_f32(t_NB, inv_temperature) - lse_t[:, None]

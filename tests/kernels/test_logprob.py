@@ -248,3 +248,14 @@ def test_bad_inputs_raise_value_error(backend):
         lp_mod.linear_token_logprobs(h, w.bfloat16(), torch.tensor([0, 1, 2]))
     with pytest.raises(ValueError, match="chunk_size"):
         lp_mod.linear_token_logprobs(h, w, torch.tensor([0, 1, 2]), chunk_size=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_inputs(backend):
+    lp_mod, _ = backend_modules(backend)
+    z = torch.randn(0, 151, requires_grad=True)
+    lp_mod.token_logprobs(z, torch.zeros(0, dtype=torch.long)).sum().backward()
+    assert z.grad.shape == (0, 151)
+    h, w = torch.randn(0, 8, requires_grad=True), torch.randn(151, 8, requires_grad=True)
+    lp_mod.linear_token_logprobs(h, w, torch.zeros(0, dtype=torch.long)).sum().backward()
+    assert h.grad.shape == (0, 8) and (w.grad == 0).all()
