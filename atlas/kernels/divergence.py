@@ -103,11 +103,12 @@ def _jsd_fwd_kernel(s_ptr, s_stride, t_ptr, t_stride, jsd_ptr, lse_s_ptr, lse_t_
 
 
 @triton.jit
-def _jsd_bwd_kernel(s_ptr, s_stride, t_ptr, t_stride, lse_s_ptr, lse_t_ptr, c_ptr, g_ptr, V, inv_t, beta,
-                    log_1mb, log_b, MODE: tl.constexpr, BLOCK_V: tl.constexpr):
+def _jsd_bwd_kernel(s_ptr, s_stride, t_ptr, t_stride, out_ptr, out_stride, lse_s_ptr, lse_t_ptr, c_ptr, g_ptr, V,
+                    inv_t, beta, log_1mb, log_b, MODE: tl.constexpr, BLOCK_V: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     s_row = s_ptr + row * s_stride
     t_row = t_ptr + row * t_stride
+    out_row = out_ptr + row * out_stride
     lse_s = tl.load(lse_s_ptr + row)
     lse_t = tl.load(lse_t_ptr + row)
     c = tl.load(c_ptr + row)
@@ -125,8 +126,8 @@ def _jsd_bwd_kernel(s_ptr, s_stride, t_ptr, t_stride, lse_s_ptr, lse_t_ptr, c_pt
         else:
             logm = _log_mixture(logq, logp, log_1mb, log_b)
             grad = tl.where(q > 0, q * ((1.0 - beta) * (logq - logm) - c), 0.0)
-        # In place over the student logits buffer: each element is read, then written, by this program.
-        tl.store(s_row + cols, (grad * scale).to(s_ptr.dtype.element_ty), mask=inside)
+        # out may be the student logits buffer itself: each element is read, then written, by this program.
+        tl.store(out_row + cols, (grad * scale).to(out_ptr.dtype.element_ty), mask=inside)
 
 
 def _jsd_launch(beta: float, vocab: int) -> dict:
@@ -147,14 +148,17 @@ def jsd_rows(s_NV: Tensor, t_NV: Tensor, beta: float, inv_temperature: float) ->
 
 
 def jsd_rows_backward_(
-    s_NV: Tensor, t_NV: Tensor, lse_s: Tensor, lse_t: Tensor, c_N: Tensor, g_N: Tensor, beta: float,
-    inv_temperature: float,
+    s_NB: Tensor, t_NB: Tensor, lse_s: Tensor, lse_t: Tensor, c_N: Tensor, g_N: Tensor, beta: float,
+    inv_temperature: float, out: Tensor | None = None,
 ) -> Tensor:
-    n, vocab = s_NV.shape
+    """s_NB, t_NB: the same block of vocabulary columns of student and teacher logits. Writes dL/dz_s into
+    out, or over s_NB when out is None, and returns it."""
+    dest = s_NB if out is None else out
+    n, width = s_NB.shape
     if n:
-        _jsd_bwd_kernel[(n,)](s_NV, s_NV.stride(0), t_NV, t_NV.stride(0), lse_s, lse_t, c_N, g_N, vocab,
-                              inv_temperature, beta, **_jsd_launch(beta, vocab))
-    return s_NV
+        _jsd_bwd_kernel[(n,)](s_NB, s_NB.stride(0), t_NB, t_NB.stride(0), dest, dest.stride(0), lse_s, lse_t, c_N,
+                              g_N, width, inv_temperature, beta, **_jsd_launch(beta, width))
+    return dest
 
 
 def generalized_jsd(

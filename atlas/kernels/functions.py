@@ -85,10 +85,10 @@ class TokenLogprobs(torch.autograd.Function):
         g_ent_N = None if g_ent_N is None else _grad_or_zeros(g_ent_N, n, logits_NV)
         targets_N, g_lp_N, g_ent_N = _backward_targets(
             targets_N, ignore_index, _grad_or_zeros(g_lp_N, n, logits_NV), g_ent_N)
-        # The row backward overwrites its buffer; the caller's logits must survive (they may feed other
-        # losses), so it gets a copy, which becomes the returned gradient.
-        grad_NV = logits_NV.clone()
-        rows_bwd(grad_NV, targets_N, lse_N, ent_N, g_lp_N, g_ent_N, inv_temperature)
+        # A fresh buffer: the caller's logits must survive (they may feed other losses). One read of the
+        # logits and one write of the gradient, the least a backward can move.
+        grad_NV = torch.empty_like(logits_NV)
+        rows_bwd(logits_NV, targets_N, lse_N, ent_N, g_lp_N, g_ent_N, inv_temperature, out=grad_NV)
         return grad_NV, None, None, None, None, None, None
 
 
@@ -211,8 +211,8 @@ class GeneralizedJSD(torch.autograd.Function):
         student_NV, teacher_NV, mask_N, lse_s, lse_t, c_N = ctx.saved_tensors
         beta, inv_temperature, scale, rows_bwd = ctx.args
         g_N = _scale_and_mask(_grad_or_zeros(g_N, student_NV.shape[0], student_NV), scale, mask_N)
-        grad_NV = student_NV.clone()
-        rows_bwd(grad_NV, teacher_NV, lse_s, lse_t, c_N, g_N, beta, inv_temperature)
+        grad_NV = torch.empty_like(student_NV)
+        rows_bwd(student_NV, teacher_NV, lse_s, lse_t, c_N, g_N, beta, inv_temperature, out=grad_NV)
         return grad_NV, None, None, None, None, None, None, None
 
 

@@ -105,21 +105,23 @@ def logprob_rows(
 
 def logprob_rows_backward_(
     z_NB: Tensor, targets_N: Tensor, lse_N: Tensor, ent_N: Tensor | None, g_lp_N: Tensor, g_ent_N: Tensor | None,
-    inv_temperature: float,
+    inv_temperature: float, out: Tensor | None = None,
 ) -> Tensor:
-    """z_NB: a block of logits columns; targets_N: the target's column in it, or -1 (elsewhere, ignored)."""
+    """z_NB: a block of logits columns; targets_N: the target's column in it, or -1 (elsewhere, ignored).
+    Writes dL/dz into out, or over z_NB when out is None, and returns it."""
+    dest = z_NB if out is None else out
     n, width = z_NB.shape
     if n == 0:
-        return z_NB
+        return dest
     with_entropy = g_ent_N is not None
     block, warps = _launch_config(width)
-    # Reading and writing the same buffer is safe: each element is read, then written, by one program.
+    # Writing over z itself is safe: each element is read, then written, by the same program.
     _logprob_bwd_kernel[(n,)](
-        z_NB, z_NB.stride(0), z_NB, z_NB.stride(0), targets_N, lse_N, ent_N if with_entropy else lse_N,
+        z_NB, z_NB.stride(0), dest, dest.stride(0), targets_N, lse_N, ent_N if with_entropy else lse_N,
         g_lp_N, g_ent_N if with_entropy else g_lp_N, width, inv_temperature,
         WITH_ENTROPY=with_entropy, BLOCK_V=block, num_warps=warps,
     )
-    return z_NB
+    return dest
 
 
 def token_logprobs(

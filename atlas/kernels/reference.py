@@ -60,10 +60,15 @@ def logprob_rows(
 
 def logprob_rows_backward_(
     z_NB: Tensor, targets_N: Tensor, lse_N: Tensor, ent_N: Tensor | None, g_lp_N: Tensor, g_ent_N: Tensor | None,
-    inv_temperature: float,
+    inv_temperature: float, out: Tensor | None = None,
 ) -> Tensor:
-    """z_NB: a block of logits columns; targets_N: the target's column in it, or -1 (elsewhere, ignored)."""
-    x = z_NB if z_NB.dtype == F32 else z_NB.float()
+    """z_NB: a block of logits columns; targets_N: the target's column in it, or -1 (elsewhere, ignored).
+    Writes dL/dz into out, or over z_NB when out is None, and returns it."""
+    dest = z_NB if out is None else out
+    if dest is not z_NB and dest.dtype == F32:
+        x = dest.copy_(z_NB)
+    else:
+        x = z_NB if z_NB.dtype == F32 else z_NB.float()
     if inv_temperature != 1.0:
         x.mul_(inv_temperature)
     x.sub_(lse_N[:, None])  # log p, in place
@@ -80,9 +85,9 @@ def logprob_rows_backward_(
     x.index_put_((rows_N, targets_N.clamp(min=0)), torch.where(hit_N, g_lp_N, 0.0), accumulate=True)
     if inv_temperature != 1.0:
         x.mul_(inv_temperature)
-    if x is not z_NB:
-        z_NB.copy_(x)
-    return z_NB
+    if x is not dest:
+        dest.copy_(x)
+    return dest
 
 
 def _log_mixture(logq_NV, logp_NV, beta):
@@ -108,9 +113,10 @@ def jsd_rows(s_NV: Tensor, t_NV: Tensor, beta: float, inv_temperature: float) ->
 
 def jsd_rows_backward_(
     s_NB: Tensor, t_NB: Tensor, lse_s: Tensor, lse_t: Tensor, c_N: Tensor, g_N: Tensor, beta: float,
-    inv_temperature: float,
+    inv_temperature: float, out: Tensor | None = None,
 ) -> Tensor:
-    """s_NB, t_NB: the same block of vocabulary columns of student and teacher logits."""
+    """s_NB, t_NB: the same block of vocabulary columns of student and teacher logits. Writes dL/dz_s into
+    out, or over s_NB when out is None, and returns it."""
     logq = _as_f32(s_NB, inv_temperature) - lse_s[:, None]
     logp = _as_f32(t_NB, inv_temperature) - lse_t[:, None]
     q = logq.exp()
@@ -119,8 +125,8 @@ def jsd_rows_backward_(
     else:
         a = logq - logp if beta == 1.0 else (1.0 - beta) * (logq - _log_mixture(logq, logp, beta))
         grad = torch.where(q > 0, q * (a - c_N[:, None]), 0.0)
-    s_NB.copy_(grad.mul_((g_N * inv_temperature)[:, None]))
-    return s_NB
+    dest = s_NB if out is None else out
+    return dest.copy_(grad.mul_((g_N * inv_temperature)[:, None]))
 
 
 def token_logprobs(

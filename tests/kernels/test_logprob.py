@@ -259,3 +259,22 @@ def test_empty_inputs(backend):
     h, w = torch.randn(0, 8, requires_grad=True), torch.randn(151, 8, requires_grad=True)
     lp_mod.linear_token_logprobs(h, w, torch.zeros(0, dtype=torch.long)).sum().backward()
     assert h.grad.shape == (0, 8) and (w.grad == 0).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_strided_logits_rows(backend):
+    """Logits that are a column slice of a wider tensor (row stride > V) read and write the right rows."""
+    lp_mod, div = backend_modules(backend)
+    gen = torch.Generator().manual_seed(8)
+    wide = torch.randn(5, 160, generator=gen, dtype=torch.float64)
+    targets = random_targets((5,), 151, gen)
+    z = wide.float().requires_grad_()
+    (lp_mod.token_logprobs(z[:, :151], targets, 0.9) * 2.0).sum().backward()
+    z64 = wide.clone().requires_grad_()
+    (logprobs64(z64[:, :151], targets, 0.9)[0] * 2.0).sum().backward()
+    assert rel_err(z.grad, z64.grad) <= FP32_TOL and (z.grad[:, 151:] == 0).all()
+    s = wide.float().requires_grad_()
+    div.generalized_jsd(s[:, :151], wide.float()[:, 9:], 0.5).sum().backward()
+    s_ref = s.detach().clone().requires_grad_()
+    div.generalized_jsd(s_ref[:, :151].contiguous(), wide.float()[:, 9:].contiguous(), 0.5).sum().backward()
+    assert torch.allclose(s.grad, s_ref.grad, atol=1e-7)
