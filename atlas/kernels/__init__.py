@@ -11,7 +11,9 @@ Public functions (all differentiable; outputs fp32, one value per token):
 The math is in reference.py (torch twins), logprob.py and divergence.py (Triton); functions.py holds
 the autograd plumbing both share. Conventions: targets == ignore_index (default -100) give logprob 0,
 entropy 0 and no gradient; `mask` (True where a token counts) does the same for the JSD; the entropy is
-differentiable; teachers are constants (no gradient reaches them).
+that of softmax(logits / T), the distribution the log-probabilities come from, and is differentiable;
+teachers are constants (no gradient reaches them). Softmax math runs in fp32 whatever the input dtype;
+the chunked paths' matmuls run in the input dtype; gradients come back in the input dtype.
 
 Backend: env ATLAS_KERNELS=auto|triton|torch, or set_backend(...), read by get_backend(). 'auto' runs
 Triton on CUDA tensors (when triton is installed) and the torch twin elsewhere; 'triton' on CPU tensors

@@ -5,8 +5,8 @@ Per row of logits z (scaled by 1/T), one program walks the vocabulary in BLOCK_V
             a = sum e^{z - m} z for the entropy; lse = m + log s, lp = z[target] - lse, H = lse - a / s.
             One read of the logits; per row it stores lp, lse (and H): 8-12 bytes.
   backward  a second read: p = exp(z - lse) from the saved lse (no [N, V] softmax is ever stored),
-            dL/dz = (g_lp (onehot - p) - g_H p (log p + H)) / T, written in the logits dtype, in place when
-            the caller hands over its own buffer (the chunked linear path does). Elementwise given lse
+            dL/dz = (g_lp (onehot - p) - g_H p (log p + H)) / T, written in the logits dtype into a fresh
+            buffer, or in place when the caller hands over its own (the chunked linear path does). Elementwise given lse
             and H, so it runs on any block of vocabulary columns (the linear path's backward tiles).
 Targets equal to ignore_index give lp = H = 0 and a zero gradient row.
 

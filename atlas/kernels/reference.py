@@ -11,8 +11,9 @@ Row math (per token, logits z scaled by 1/T, p = softmax(z), lse = logsumexp(z))
   KL estimators (d = ref_logp - logp, samples from the policy): k1 = -d, k2 = d^2 / 2, k3 = e^d - 1 - d.
 Gradients w.r.t. raw logits carry one more 1/T. Backward recomputes p from the saved lse instead of
 storing it, works on any block of vocabulary columns (it is elementwise given the per-row statistics),
-and writes dL/dz into the logits buffer it is given (see functions.py), so the chunked CPU path needs a
-handful of tile-sized fp32 buffers and nothing of size [N, V].
+and writes dL/dz into `out`, or over the logits block itself (the chunked path hands over its own tile
+buffer; see functions.py), so the chunked CPU path needs a handful of tile-sized fp32 buffers and nothing
+of size [N, V].
 
 Logits of -inf (a masked vocabulary entry) have p = 0 and contribute 0, never 0 * inf = nan.
 Left out: fp64 outputs (everything returns fp32), and reductions over tokens (callers mask and average).
