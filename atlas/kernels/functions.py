@@ -1,8 +1,10 @@
 """The autograd plumbing shared by both backends: whole-logits and chunked (hidden @ W.T) variants.
 
 Each backend supplies only row math: a forward that reduces a [n, V] logits block to per-row values and
-per-row statistics, and a backward that overwrites a [n, B] block of logits, in place, with dL/dlogits,
-given those statistics (it is elementwise once they are known, so any block of columns works). The code
+per-row statistics, and a backward that turns a [n, B] block of logits into dL/dlogits given those
+statistics (elementwise once they are known, so any block of columns works), written into a fresh buffer
+(whole-logits variants: the caller's logits survive) or over the block itself (chunked variants: the
+tile is their own). The code
 here decides what is stored, what is recomputed and how tiles are walked, so the Triton path and its
 torch twin (reference.py) cannot drift apart in anything but arithmetic.
 
