@@ -26,8 +26,8 @@ row math always sees temperature 1 and no [*, V] pass is spent on scaling):
   outputs are per token and unknown in forward, so dW cannot be formed early (as Liger does for a scalar
   loss): recomputing z in backward is the price of per-token outputs.
 
-Left out: compacting ignored/masked rows before the matmuls (they are computed, then zeroed), and
-sequence packing (callers flatten to [N, H] themselves).
+Ignored/masked rows are dropped before the chunked variants run (see _kept_rows) and their outputs
+scattered back as zeros. Left out: sequence packing (callers flatten to [N, H] themselves).
 """
 
 from collections.abc import Callable
@@ -219,11 +219,11 @@ class GeneralizedJSD(torch.autograd.Function):
 
 
 class LinearGeneralizedJSD(torch.autograd.Function):
-    """Chunked JSD from hidden states: student (h_s, W_s) differentiable, teacher (h_t, W_t) constant."""
+    """Chunked JSD from hidden states (masked rows already dropped): student (h_s, W_s) differentiable,
+    teacher (h_t, W_t) constant."""
 
     @staticmethod
-    def forward(ctx, hs_NH, ws_VH, ht_NK, wt_VK, mask_N, beta, inv_temperature, scale, chunk,
-                rows_fwd, rows_bwd):
+    def forward(ctx, hs_NH, ws_VH, ht_NK, wt_VK, beta, inv_temperature, scale, chunk, rows_fwd, rows_bwd):
         n = hs_NH.shape[0]
         out_N = torch.empty(n, dtype=F32, device=hs_NH.device)
         lse_s, lse_t, c_N = torch.empty_like(out_N), torch.empty_like(out_N), torch.empty_like(out_N)
@@ -234,15 +234,15 @@ class LinearGeneralizedJSD(torch.autograd.Function):
             zt_CV = buf_t.mm(_scaled(ht_NK[s:e], inv_temperature), wt_VK.T)
             out_N[s:e], lse_s[s:e], lse_t[s:e], c_N[s:e] = rows_fwd(zs_CV, zt_CV, beta, 1.0)
         del buf_s, buf_t
-        ctx.save_for_backward(hs_NH, ws_VH, ht_NK, wt_VK, mask_N, lse_s, lse_t, c_N)
+        ctx.save_for_backward(hs_NH, ws_VH, ht_NK, wt_VK, lse_s, lse_t, c_N)
         ctx.args = (beta, inv_temperature, scale, chunk * ws_VH.shape[0], rows_bwd)
-        return _scale_and_mask(out_N, scale, mask_N)
+        return _scale_and_mask(out_N, scale, None)
 
     @staticmethod
     def backward(ctx, g_N):
-        hs_NH, ws_VH, ht_NK, wt_VK, mask_N, lse_s, lse_t, c_N = ctx.saved_tensors
+        hs_NH, ws_VH, ht_NK, wt_VK, lse_s, lse_t, c_N = ctx.saved_tensors
         beta, inv_temperature, scale, budget, rows_bwd = ctx.args
-        g_N = _scale_and_mask(_grad_or_zeros(g_N, hs_NH.shape[0], hs_NH), scale, mask_N)
+        g_N = _scale_and_mask(_grad_or_zeros(g_N, hs_NH.shape[0], hs_NH), scale, None)
         ht_NK = _scaled(ht_NK, inv_temperature)
 
         buf_t = _Buffer(budget, ht_NK)
@@ -253,7 +253,7 @@ class LinearGeneralizedJSD(torch.autograd.Function):
                      g_N[r0:r1], beta, 1.0)
 
         d_hidden, d_weight = _tiled_backward(ctx, hs_NH, ws_VH, budget, inv_temperature, tile_backward)
-        return d_hidden, d_weight, None, None, None, None, None, None, None, None, None
+        return d_hidden, d_weight, None, None, None, None, None, None, None, None
 
 
 def _scale_and_mask(x_N: torch.Tensor, scale: float, mask_N: torch.Tensor | None) -> torch.Tensor:
@@ -290,10 +290,30 @@ def linear_token_logprobs(hidden: Tensor, weight: Tensor, targets: Tensor, tempe
     lead, vocab = hidden.shape[:-1], weight.shape[0]
     check_targets(targets, lead, vocab, ignore_index)
     hidden_NH = hidden.reshape(-1, hidden.shape[-1])
+    targets_N = targets.reshape(-1).long()
+    keep_K = _kept_rows(targets_N != ignore_index)
+    if keep_K is not None:
+        hidden_NH, targets_N = hidden_NH.index_select(0, keep_K), targets_N[keep_K]
     chunk = chunk_rows(hidden_NH.shape[0], vocab, chunk_size)
-    out = LinearTokenLogprobs.apply(hidden_NH, weight, targets.reshape(-1).long().contiguous(), inv_t,
-                                    ignore_index, chunk, return_entropy, rows_fwd, rows_bwd)
-    return tuple(o.view(lead) for o in out) if return_entropy else out.view(lead)
+    out = LinearTokenLogprobs.apply(hidden_NH, weight, targets_N.contiguous(), inv_t, ignore_index, chunk,
+                                    return_entropy, rows_fwd, rows_bwd)
+    outs = out if return_entropy else (out,)
+    outs = tuple(_unkeep(o, keep_K, lead.numel()).view(lead) for o in outs)
+    return outs if return_entropy else outs[0]
+
+
+def _kept_rows(keep_N: Tensor) -> Tensor | None:
+    """Indices of the rows that count, or None when all do. Ignored rows (prompt tokens, padding: often
+    most of an RL or distillation batch) are dropped before the matmuls instead of computed and zeroed.
+    Costs one host sync (a GPU nonzero); the target check before it syncs already."""
+    if bool(keep_N.all()):
+        return None
+    return keep_N.nonzero().squeeze(1)
+
+
+def _unkeep(x_K: Tensor, keep_K: Tensor | None, n: int) -> Tensor:
+    """Scatter per-kept-row values back to all n rows, zeros elsewhere (differentiable)."""
+    return x_K if keep_K is None else x_K.new_zeros(n).index_put((keep_K,), x_K)
 
 
 def generalized_jsd(student_logits: Tensor, teacher_logits: Tensor, beta: float, temperature: float,
@@ -332,11 +352,13 @@ def linear_generalized_jsd(student_hidden: Tensor, student_weight: Tensor, teach
     check_mask(mask, lead)
     hs_NH = student_hidden.reshape(-1, student_hidden.shape[-1])
     ht_NK = teacher_hidden.detach().reshape(-1, teacher_hidden.shape[-1])
-    mask_N = None if mask is None else mask.reshape(-1)
+    keep_K = None if mask is None else _kept_rows(mask.reshape(-1))
+    if keep_K is not None:
+        hs_NH, ht_NK = hs_NH.index_select(0, keep_K), ht_NK.index_select(0, keep_K)
     chunk = chunk_rows(hs_NH.shape[0], vocab, chunk_size)
-    out = LinearGeneralizedJSD.apply(hs_NH, student_weight, ht_NK, teacher_weight.detach(), mask_N, beta, inv_t,
+    out = LinearGeneralizedJSD.apply(hs_NH, student_weight, ht_NK, teacher_weight.detach(), beta, inv_t,
                                      jsd_scale(beta, normalize), chunk, rows_fwd, rows_bwd)
-    return out.view(lead)
+    return _unkeep(out, keep_K, lead.numel()).view(lead)
 
 
 def jsd_scale(beta: float, normalize: bool) -> float:
