@@ -63,9 +63,10 @@ def test_fsdp2_sharded_generation_matches_unsharded(tmp_path):
     out = tmp_path / "out.json"
     context = mp.start_processes(_worker, args=(2, port, str(ckpt), str(out)), nprocs=2, join=False,
                                  start_method="spawn")
-    # Each rank writes its results only after every check in it passed. Exit codes are reported, not
-    # required: under heavy load a rank has (rarely) died with SIGABRT from a C++ thread ("terminate called
-    # without an active exception") after its results were written; what this test checks is the results.
+    # Each rank writes its results only after every check in it passed, so the files are the verdict; exit
+    # codes are only reported. Under heavy load a rank once died with SIGABRT from a C++ thread ("terminate
+    # called without an active exception"), not reproduced since in 30 runs; a teardown crash after the
+    # work must not fail the test, a crash before it does (its file is missing).
     for process in context.processes:
         process.join(timeout=300)
         if process.is_alive():
