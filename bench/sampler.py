@@ -55,7 +55,7 @@ def main() -> None:
     ap.add_argument("--new", type=int, default=96)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -77,11 +77,11 @@ def main() -> None:
     for i, p in enumerate(prompts):
         ids[i, T - len(p):], mask[i, T - len(p):] = torch.tensor(p), 1
     ids, mask = ids.to(args.device), mask.to(args.device)
-    sampler = Sampler(model)
     params = SamplingParams(max_new_tokens=args.new, temperature=0, ignore_eos=True)
+    samplers = {"atlas": Sampler(model), "atlas compiled": Sampler(model, compile=True)}
 
-    def run_atlas():
-        return [o.token_ids for o in sampler.generate(prompts, params)]
+    def run_atlas(name="atlas"):
+        return [o.token_ids for o in samplers[name].generate(prompts, params)]
 
     def run_hf():
         with torch.inference_mode():
@@ -99,20 +99,25 @@ def main() -> None:
         return time.perf_counter() - t0, out
 
     _, ours = timed(run_atlas)  # warm-up, and the outputs to compare
+    compile_s, compiled = timed(lambda: run_atlas("atlas compiled"))
     _, theirs = timed(run_hf)
     same = sum(a == b for a, b in zip(ours, theirs))
-    times = {"atlas": [], "transformers": []}
+    same_compiled = sum(a == b for a, b in zip(ours, compiled))
+    times = {"atlas": [], "atlas compiled": [], "transformers": []}
     for _ in range(args.repeats):
         times["atlas"].append(timed(run_atlas)[0])
+        times["atlas compiled"].append(timed(lambda: run_atlas("atlas compiled"))[0])
         times["transformers"].append(timed(run_hf)[0])
     tokens = args.batch * args.new
     tps = {k: tokens / statistics.median(v) for k, v in times.items()}
     print(f"preset={args.preset} batch={args.batch} prompts={args.min_prompt}-{args.max_prompt} new={args.new} "
           f"device={args.device} dtype={args.dtype} threads={args.threads}")
-    print(f"  greedy outputs identical for {same}/{args.batch} rows")
+    print(f"  greedy outputs identical to transformers for {same}/{args.batch} rows, compiled vs eager "
+          f"{same_compiled}/{args.batch}; first compiled call (compiles) {compile_s:.1f} s")
     for k, v in tps.items():
-        print(f"  {k:13s} {v:10,.0f} tokens/s  (median of {args.repeats})")
-    print(f"  atlas / transformers: {tps['atlas'] / tps['transformers']:.2f}x")
+        print(f"  {k:15s} {v:10,.0f} tokens/s  (median of {args.repeats})")
+    for k in ("atlas", "atlas compiled"):
+        print(f"  {k} / transformers: {tps[k] / tps['transformers']:.2f}x")
     if args.device.startswith("cuda"):
         c = model.config
         weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())

@@ -206,6 +206,13 @@ class Attention(nn.Module):
                 ctx.max_seqlen, ctx.max_seqlen, causal=True,
             )
             out = out.unsqueeze(0)  # [1, T, H, D]
+        elif T == 1 and self.n_heads != self.n_kv_heads:
+            # decode: one query per row, so each KV group's query heads can stand in the query-length axis
+            # and SDPA runs with KV heads only (half the time of its GQA path on CPU; same math)
+            group = self.n_heads // self.n_kv_heads
+            out = F.scaled_dot_product_attention(q.reshape(B, self.n_kv_heads, group, self.head_dim), k, v,
+                                                 attn_mask=ctx.mask)
+            out = out.reshape(B, 1, self.n_heads, self.head_dim)
         else:
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=ctx.mask, is_causal=ctx.is_causal, enable_gqa=self.n_heads != self.n_kv_heads
