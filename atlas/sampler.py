@@ -261,10 +261,10 @@ def truncate(z_BV: torch.Tensor, params: SamplingParams) -> torch.Tensor:
 def _broadcast_groups(cache: KVCache, prefill: KVCache, n: int) -> None:
     """Copy each prompt's prefilled row into its group's other n - 1 rows."""
     if n > 1:
-        L, B, H, S, D = cache.k.shape
-        for buf in (cache.k, cache.v):
-            groups = buf.view(L, B // n, n, H, S, D)
-            groups[:, :, 1:] = groups[:, :, :1]
+        B, H, S, D = cache.k[0].shape
+        for buf in cache.k + cache.v:
+            groups = buf.view(B // n, n, H, S, D)
+            groups[:, 1:] = groups[:, :1]
         cache.valid_BS.view(B // n, n, S)[:, 1:] = cache.valid_BS.view(B // n, n, S)[:, :1]
     cache.pos, cache.has_pad = prefill.pos, prefill.has_pad
 

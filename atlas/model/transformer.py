@@ -118,7 +118,7 @@ class RMSNorm(nn.Module):
 
 
 class KVCache:
-    """Static key/value buffers for every layer: k, v [L, B, KVH, S, D], plus which slots hold real tokens.
+    """Static key/value buffers: k, v (one [B, KVH, S, D] per layer), plus which slots hold real tokens.
 
     A forward with the cache writes slots [pos, pos + T) for every row and advances `pos`; rows of
     different lengths are left-padded so all rows write the same slots (one slice assignment, no scatter),
@@ -127,9 +127,11 @@ class KVCache:
 
     def __init__(self, config: ModelConfig, batch_size: int, max_len: int, *, dtype: torch.dtype,
                  device: torch.device | str):
-        shape = (config.num_hidden_layers, batch_size, config.num_key_value_heads, max_len, config.head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        shape = (batch_size, config.num_key_value_heads, max_len, config.head_dim)
+        # one tensor per layer: a compiled decode step then updates whole graph inputs in place, where a
+        # view of one [L, ...] tensor made torch.compile copy the entire cache at every layer
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
         self.valid_BS = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)
         self.pos = 0
         self.has_pad = False  # whether any written slot is a pad (then attention needs a mask)
@@ -137,11 +139,11 @@ class KVCache:
 
     @property
     def batch_size(self) -> int:
-        return self.k.shape[1]
+        return self.k[0].shape[0]
 
     @property
     def max_len(self) -> int:
-        return self.k.shape[3]
+        return self.k[0].shape[2]
 
     def start_static_decode(self) -> None:
         """Fixed shapes from here on: each forward takes one token per row, writes it at slot `slot_t`
@@ -149,18 +151,19 @@ class KVCache:
         max_len slots under valid & (slot <= slot_t). Unwritten slots are marked valid now: the causal
         term hides them until they are written. `pos` stops advancing; `slot_t` is the position."""
         self.valid_BS[:, self.pos:] = True
-        self.slot_t = torch.tensor([self.pos], device=self.k.device)
+        self.slot_t = torch.tensor([self.pos], device=self.valid_BS.device)
 
     def every_nth_row(self, n: int) -> KVCache:
         """A cache over rows 0, n, 2n, ... of this one (strided views: writes land here)."""
         view = copy.copy(self)
-        view.k, view.v, view.valid_BS = self.k[:, ::n], self.v[:, ::n], self.valid_BS[::n]
+        view.k, view.v = [k[::n] for k in self.k], [v[::n] for v in self.v]
+        view.valid_BS = self.valid_BS[::n]
         return view
 
     def select_rows(self, rows: torch.Tensor) -> None:
         """Keep only `rows` (a 1-D index into the batch, repeats allowed): compaction and forking."""
-        self.k = self.k.index_select(1, rows)
-        self.v = self.v.index_select(1, rows)
+        self.k = [k.index_select(0, rows) for k in self.k]
+        self.v = [v.index_select(0, rows) for v in self.v]
         self.valid_BS = self.valid_BS.index_select(0, rows)
 
 
@@ -196,9 +199,9 @@ class Attention(nn.Module):
             k, v = cache.k[layer], cache.v[layer]
         elif ctx.cache is not None:
             cache, end = ctx.cache, ctx.cache.pos + T
-            cache.k[layer, :, :, cache.pos:end] = k
-            cache.v[layer, :, :, cache.pos:end] = v
-            k, v = cache.k[layer, :, :, :end], cache.v[layer, :, :, :end]
+            cache.k[layer][:, :, cache.pos:end] = k
+            cache.v[layer][:, :, cache.pos:end] = v
+            k, v = cache.k[layer][:, :, :end], cache.v[layer][:, :, :end]
 
         if ctx.max_seqlen is not None:  # packed sequences through flash-attn varlen
             out = flash_attn_varlen_func(
