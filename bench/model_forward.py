@@ -11,22 +11,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import time
 
 import torch
-
-import atlas.model as am
-
-PRESETS = {
-    # the CPU shape: a Qwen2-style config at hidden 512
-    "small": dict(vocab_size=32000, hidden_size=512, intermediate_size=1408, num_hidden_layers=8,
-                  num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=4096,
-                  tie_word_embeddings=False),
-    "qwen2.5-0.5b": dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                         num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
-                         tie_word_embeddings=True, rope_theta=1000000.0),
-}
+from qwen2_pair import PRESETS, qwen2_pair
 
 
 def main() -> None:
@@ -40,15 +28,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    dtype = getattr(torch, args.dtype)
-    torch.manual_seed(0)
-    hf = Qwen2ForCausalLM(Qwen2Config(**PRESETS[args.preset])).to(dtype).eval()
-    with tempfile.TemporaryDirectory() as d:
-        hf.save_pretrained(d)
-        ours = am.from_pretrained(d, device=args.device)
-    hf = hf.to(args.device)
+    hf, ours = qwen2_pair(args.preset, getattr(torch, args.dtype), args.device)
     ids = torch.randint(0, hf.config.vocab_size, (args.batch, args.seq), device=args.device)
 
     def run(model, is_hf):

@@ -14,22 +14,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import time
 
 import torch
+from qwen2_pair import PRESETS, qwen2_pair
 
-import atlas.model as am
 from atlas.sampler import Sampler, SamplingParams
-
-PRESETS = {
-    "small": dict(vocab_size=8192, hidden_size=512, intermediate_size=1408, num_hidden_layers=6,
-                  num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=4096,
-                  tie_word_embeddings=False),
-    "qwen2.5-0.5b": dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                         num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
-                         tie_word_embeddings=True, rope_theta=1000000.0),
-}
 
 
 def hbm_bandwidth(device: str) -> float:
@@ -59,15 +49,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
     dtype = getattr(torch, args.dtype)
-    torch.manual_seed(0)
-    hf = Qwen2ForCausalLM(Qwen2Config(**PRESETS[args.preset])).to(dtype).eval()
-    with tempfile.TemporaryDirectory() as d:
-        hf.save_pretrained(d)
-        model = am.from_pretrained(d, device=args.device)
-    hf = hf.to(args.device)
+    # the shape: 6 layers, vocab 8192 (the 0.5B preset keeps its own)
+    small = dict(num_hidden_layers=6, vocab_size=8192) if args.preset == "small" else {}
+    hf, model = qwen2_pair(args.preset, dtype, args.device, **small)
     g = torch.Generator().manual_seed(0)
     lengths = torch.randint(args.min_prompt, args.max_prompt + 1, (args.batch,), generator=g).tolist()
     prompts = [torch.randint(1, hf.config.vocab_size, (n,), generator=g).tolist() for n in lengths]
