@@ -126,6 +126,22 @@ class LoadReport:
         if len(self.errors) < MAX_ERROR_MESSAGES:
             self.errors.append(message)
 
+    def malformed(self, message: str, on_error: str, fix: str) -> None:
+        """A record that does not parse: a ValueError saying how to `fix` it, or counted with on_error='skip'."""
+        if on_error == "raise":
+            raise ValueError(f"{message}; {fix}") from None
+        self.add_error(message)
+
+    def admit(self, session: Session, filters: SessionFilter, limit: int | None) -> bool:
+        """Count `session` as yielded, or as excluded by its first failing filter (then False)."""
+        reason = filters.reason(session)
+        if reason is not None:
+            self.excluded[reason] += 1
+            return False
+        self.yielded += 1
+        self.limit_reached = limit is not None and self.yielded >= limit
+        return True
+
     def summary(self) -> str:
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(self.excluded.items())) or "none"
         text = (

@@ -40,22 +40,13 @@ def iter_jsonl(path: Path, filters: SessionFilter, report: LoadReport, options: 
                 # JSONDecodeError and UnicodeDecodeError are ValueErrors; absurd nesting is a RecursionError.
                 except (ValueError, RecursionError) as exc:
                     hint = " (the line is cut short: truncated file?)" if not line.endswith(b"\n") else ""
-                    message = f"{path}:{lineno}: {_describe(exc)}{hint}"
-                    if options.on_error == "raise":
-                        raise ValueError(
-                            f"{message}; fix or remove the line, or pass on_error='skip' to skip and count it"
-                        ) from None
-                    report.add_error(message)
+                    report.malformed(f"{path}:{lineno}: {_describe(exc)}{hint}", options.on_error,
+                                     "fix or remove the line, or pass on_error='skip' to skip and count it")
                     continue
-                reason = filters.reason(session)
-                if reason is not None:
-                    report.excluded[reason] += 1
-                    continue
-                report.yielded += 1
-                yield session
-                if options.limit is not None and report.yielded >= options.limit:
-                    report.limit_reached = True
-                    return
+                if report.admit(session, filters, options.limit):
+                    yield session
+                    if report.limit_reached:
+                        return
     except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
         raise ValueError(
             f"{path}: the gzip stream is truncated or corrupt after line {lineno} ({exc}); re-export the file"

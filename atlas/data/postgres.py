@@ -108,21 +108,14 @@ def iter_postgres(url: str, filters: SessionFilter, report: LoadReport, options:
                             include_audit=options.include_audit,
                         )
                     except (ValueError, RecursionError) as exc:
-                        message = f"{redact_url(url)}: session id {row[0]}: {exc}"
-                        if options.on_error == "raise":
-                            raise ValueError(f"{message}; pass on_error='skip' to skip and count it") from None
-                        report.add_error(message)
+                        report.malformed(f"{redact_url(url)}: session id {row[0]}: {exc}", options.on_error,
+                                         "pass on_error='skip' to skip and count it")
                         continue
                     # SQL already applied the filters; this catches a row whose JSON disagrees with them.
-                    reason = filters.reason(session)
-                    if reason is not None:
-                        report.excluded[reason] += 1
-                        continue
-                    report.yielded += 1
-                    yield session
-                    if options.limit is not None and report.yielded >= options.limit:
-                        report.limit_reached = True
-                        break
+                    if report.admit(session, filters, options.limit):
+                        yield session
+                        if report.limit_reached:
+                            break
                 if report.limit_reached:
                     break
         outcome = "done"
