@@ -47,7 +47,8 @@ def _row_lse(ptr, V, inv_t, BLOCK_V: tl.constexpr):
         cols = start + tl.arange(0, BLOCK_V)
         x = tl.load(ptr + cols, mask=cols < V, other=float("-inf")).to(tl.float32) * inv_t
         m_new = tl.maximum(m, tl.max(x, 0))
-        s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), 0)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # an all -inf block so far: no NaN
+        s = s * tl.exp(m - m_safe) + tl.sum(tl.exp(x - m_safe), 0)
         m = m_new
     return m + tl.log(s)
 

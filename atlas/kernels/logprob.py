@@ -38,8 +38,10 @@ def _logprob_fwd_kernel(z_ptr, z_stride, t_ptr, lp_ptr, lse_ptr, ent_ptr, V, inv
         inside = cols < V
         x = tl.load(z_row + cols, mask=inside, other=float("-inf")).to(tl.float32) * inv_t
         m_new = tl.maximum(m, tl.max(x, 0))
-        rescale = tl.exp(m - m_new)
-        e = tl.exp(x - m_new)
+        # while every column so far is -inf (a masked block), shift by 0: exp(-inf - -inf) would be NaN
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        rescale = tl.exp(m - m_safe)
+        e = tl.exp(x - m_safe)
         s = s * rescale + tl.sum(e, 0)
         if WITH_ENTROPY:
             # e == 0 where x == -inf (padding lanes, masked vocab): drop those lanes, not 0 * -inf.

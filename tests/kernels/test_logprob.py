@@ -278,3 +278,22 @@ def test_strided_logits_rows(backend):
     s_ref = s.detach().clone().requires_grad_()
     div.generalized_jsd(s_ref[:, :151].contiguous(), wide.float()[:, 9:].contiguous(), 0.5).sum().backward()
     assert torch.allclose(s.grad, s_ref.grad, atol=1e-7)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_masked_vocabulary_block_gives_finite_logprobs(backend):
+    """-inf logits (a masked vocabulary) filling a whole first tile must not poison the running max."""
+    lp_mod, _ = backend_modules(backend)
+    z = torch.randn(2, 5000, generator=torch.Generator().manual_seed(0))
+    z[0, :4096] = float("-inf")  # row 0: the first 4096-column block is all -inf
+    targets = torch.tensor([4500, 10])
+    z.requires_grad_(True)
+    lp, ent = lp_mod.token_logprobs(z, targets, 1.3, return_entropy=True)
+    # the masked columns carry no probability: row 0 is its last 904 columns alone
+    ref_lp0, ref_ent0 = logprobs64(z.detach()[:1, 4096:], targets[:1] - 4096, 1.3)
+    ref_lp1, ref_ent1 = logprobs64(z.detach()[1:], targets[1:], 1.3)
+    assert torch.isfinite(lp).all() and torch.isfinite(ent).all()
+    assert abs_err(lp, torch.cat([ref_lp0, ref_lp1])) <= 1e-4
+    assert abs_err(ent, torch.cat([ref_ent0, ref_ent1])) <= 1e-4
+    (lp.sum() + ent.sum()).backward()
+    assert torch.isfinite(z.grad).all() and (z.grad[0, :4096] == 0).all()
