@@ -4,7 +4,8 @@
 - `exact_match`:  1.0 when the completion equals its reference after normalisation (lower case, no
                   punctuation, no articles a/an/the, whitespace collapsed), else 0.0.
 - `answer_match`: 1.0 when the completion's final answer (the last `\\boxed{...}`, else the last number)
-                  equals the reference's; numbers compare as numbers (|a - b| <= tol * max(1, |b|),
+                  equals the reference's, extracted the same way (a reference with neither is taken whole);
+                  numbers compare as numbers (|a - b| <= tol * max(1, |b|),
                   "1,000" = 1000, "3/4" = 0.75), anything else after normalisation.
 - `tags_present`: the fraction of required tags (default `<teaching>`) that appear as a non-empty
                   `<tag>...</tag>` pair.
@@ -105,8 +106,9 @@ def answer_match(
     out = []
     for completion, answer in zip(completions, answers):
         got = extract_final_answer(as_text(completion))
-        want = str(answer)
-        want = extract_final_answer(want) if _boxed(want) is not None else want
+        # a reference is read like a completion ("The answer is 42." -> 42); one with neither a box nor a
+        # number ("Paris") is compared whole
+        want = extract_final_answer(str(answer)) or str(answer)
         if got is None:
             out.append(0.0)
             continue

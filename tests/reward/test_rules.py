@@ -31,6 +31,10 @@ def test_answer_match_numbers_boxed_and_text():
     ]
     answers = ["0.75", "1000", "-0.5", "42", "3", "paris", "\\boxed{42}", 7]
     assert answer_match([""] * 8, completions, answers=answers) == [1, 1, 1, 0, 0, 1, 1, 1]
+    # references written as full answers (a session's final_answer) are read like completions
+    full = ["The answer is 42.", "So x = 3/4 overall.", "Paris"]
+    assert answer_match([""] * 3, ["\\boxed{42}", "x is 0.75", "\\boxed{paris}"], answers=full) == [1, 1, 1]
+    assert answer_match([""], ["\\boxed{41}"], answers=["The answer is 42."]) == [0]
 
 
 def test_tags_present_fraction():
