@@ -351,6 +351,8 @@ class Transformer(nn.Module):
             visible_BS = cache.valid_BS & (torch.arange(cache.max_len, device=device) <= cache.slot_t)
             return _AttnContext(mask=visible_BS[:, None, None], cache=cache), None
 
+        if attention_mask_BT is not None and attention_mask_BT.shape != (B, T):
+            raise ValueError(f"attention_mask_BT must have shape {(B, T)}, got {tuple(attention_mask_BT.shape)}")
         start = cache.pos if cache is not None else 0
         end = start + T
         if cache is not None:
@@ -363,8 +365,6 @@ class Transformer(nn.Module):
                 cache.has_pad = True
             valid_BS, padded = cache.valid_BS[:, :end], cache.has_pad
         elif attention_mask_BT is not None:
-            if attention_mask_BT.shape != (B, T):
-                raise ValueError(f"attention_mask_BT must have shape {(B, T)}, got {tuple(attention_mask_BT.shape)}")
             valid_BS = attention_mask_BT.bool()
             padded = not bool(valid_BS.all())
         else:

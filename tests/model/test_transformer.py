@@ -138,6 +138,9 @@ def test_bad_forward_inputs(qwen3):
     cache = am.KVCache(model.config, 1, 4, dtype=torch.float32, device="cpu")
     with pytest.raises(ValueError, match="cache overflow"):
         model(_ids(1, 6), cache=cache)
+    cache = am.KVCache(model.config, 2, 8, dtype=torch.float32, device="cpu")
+    with pytest.raises(ValueError, match="attention_mask_BT must have shape"):
+        model(_ids(2, 3), attention_mask_BT=torch.ones(1, 3), cache=cache)
 
 
 def test_static_decode_equals_full_forward(qwen3):
