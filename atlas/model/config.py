@@ -57,7 +57,7 @@ class ModelConfig:
     bos_token_id: int | None = None
     eos_token_id: list[int] = field(default_factory=list)
     pad_token_id: int | None = None
-    # the checkpoint's declared dtype ("bfloat16", ...); the loader trusts the stored tensors over this
+    # the checkpoint's declared dtype ("bfloat16", ...): from_pretrained's default
     torch_dtype: str | None = None
     initializer_range: float = 0.02
 

@@ -95,7 +95,11 @@ def from_pretrained(
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
 ) -> Transformer:
-    """Load an HF-format Llama/Qwen2/Qwen3 checkpoint; dtype defaults to the stored tensors' dtype."""
+    """Load an HF-format Llama/Qwen2/Qwen3 checkpoint.
+
+    dtype defaults to the checkpoint's, as transformers' torch_dtype="auto" reads it: config.json's
+    `torch_dtype`/`dtype`, else the first floating-point tensor's stored dtype.
+    """
     directory = resolve(path_or_hub_id)
     config_path = directory / "config.json"
     if not config_path.exists():
@@ -137,7 +141,7 @@ def from_pretrained(
             + (f"\n  shape mismatch: {mismatched}" if mismatched else "")
         )
 
-    dtype = dtype or stored_dtype or torch.float32
+    dtype = dtype or config.dtype or stored_dtype or torch.float32
     by_name = {hf_name(n): n for n, _ in model.named_parameters()}
     params = {}
     for file in files:
