@@ -8,6 +8,7 @@ daemon threads and stops itself after `lifetime` seconds if a test forgets to (o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
@@ -114,12 +115,14 @@ class ScriptedServer:
                     else:
                         reply = server.script(body, index)
                     time.sleep(reply.delay)
-                    self._send(body, reply)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (timeout tests): nothing to answer
                 finally:
+                    # before the reply goes out: once the client has it, its next request may arrive
+                    # before this thread runs again, and would be counted as one too many in flight
                     with server._lock:
                         server.in_flight -= 1
+                # the client may have given up (timeout tests): then there is nothing to answer
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    self._send(body, reply)
 
             def _send(self, request: dict, reply: Reply):
                 if reply.body is not None:
