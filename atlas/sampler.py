@@ -271,7 +271,11 @@ def _broadcast_groups(cache: KVCache, prefill: KVCache, n: int) -> None:
 
 @contextlib.contextmanager
 def _gathered(model: nn.Module) -> Iterator[None]:
-    """Unshard an FSDP2 model once for a whole generation; a no-op for an unsharded model."""
+    """Unshard an FSDP2 model once for a whole generation; a no-op for an unsharded model.
+
+    Each module's reshard-after-forward is restored as a bool: an int setting (resharding to a smaller
+    mesh) comes back as True.
+    """
     try:
         from torch.distributed.fsdp import FSDPModule
     except ImportError:  # a torch build without distributed
