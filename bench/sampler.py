@@ -6,8 +6,10 @@
 Same prompts (ragged, left-padded for transformers), greedy, no early stop, so both produce exactly
 batch x new tokens; the two are timed alternately and the ratio of median tokens/s is reported. Greedy
 outputs are compared token for token (a mismatch is printed: it means a numerics difference, not a
-speed one). On CUDA it also reports the memory-bandwidth bound: each decode step must read every weight
-once plus the live KV cache, so tokens/s <= batch * HBM bandwidth / (weight bytes + mean KV bytes).
+speed one). On CPU it also reports the GEMM floor: the time one generate spends inside matrix
+multiplies (profiler self time of aten::mm and aten::addmm), against half of transformers' time. On CUDA
+it reports the memory-bandwidth bound: each decode step must read every weight once plus the live KV
+cache, so tokens/s <= batch * HBM bandwidth / (weight bytes + mean KV bytes).
 """
 
 from __future__ import annotations
@@ -41,6 +43,15 @@ def hbm_bandwidth(device: str) -> float:
         y.copy_(x)
     torch.cuda.synchronize()
     return 2 * x.numel() * 20 / (time.perf_counter() - t0)
+
+
+def gemm_seconds(fn) -> float:
+    """Seconds spent inside matrix multiplies during one call of `fn` (CPU profiler self time)."""
+    from torch.profiler import profile
+
+    with profile() as prof:
+        fn()
+    return sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in ("aten::mm", "aten::addmm")) / 1e6
 
 
 def main() -> None:
@@ -110,6 +121,15 @@ def main() -> None:
         print(f"  {k:15s} {v:10,.0f} tokens/s  (median of {args.repeats})")
     for k in ("atlas", "atlas compiled"):
         print(f"  {k} / transformers: {tps[k] / tps['transformers']:.2f}x")
+    if not args.device.startswith("cuda"):
+        # the floor: matmul time is the same GEMM calls for both (same shapes, same BLAS), so if atlas's GEMMs
+        # alone take more than half of transformers' time, 2x is out of reach for any schedule around them
+        gemm = {"atlas": gemm_seconds(run_atlas), "atlas compiled": gemm_seconds(lambda: run_atlas("atlas compiled")),
+                "transformers": gemm_seconds(run_hf)}
+        budget = statistics.median(times["transformers"]) / 2
+        print("  GEMM time alone per generate (profiler, aten::mm + aten::addmm): " +
+              ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in gemm.items()) +
+              f"; 2x transformers needs a whole generate in {budget * 1e3:.0f} ms")
     if args.device.startswith("cuda"):
         c = model.config
         weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
