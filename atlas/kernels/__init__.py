@@ -8,12 +8,13 @@ Public functions (all differentiable; outputs fp32, one value per token):
   linear_generalized_jsd(student_hidden, student_weight, teacher_hidden, teacher_weight, ...) -> the same,
       chunked, so GKD never holds two [N, V] logits tensors
   kl(logp, ref_logp, estimator="k1"|"k2"|"k3")                        -> per-token KL estimate
-The math is in reference.py (torch twins), logprob.py and divergence.py (Triton); functions.py holds
-the autograd plumbing both share. Conventions: targets == ignore_index (default -100) give logprob 0,
-entropy 0 and no gradient; `mask` (True where a token counts) does the same for the JSD; the entropy is
-that of softmax(logits / T), the distribution the log-probabilities come from, and is differentiable;
-teachers are constants (no gradient reaches them). Softmax math runs in fp32 whatever the input dtype;
-the chunked paths' matmuls run in the input dtype; gradients come back in the input dtype.
+The math is in per-row primitives, in reference.py (torch twins) and logprob.py / divergence.py (Triton);
+functions.py holds the autograd plumbing both share; each call here picks the backend. Conventions:
+targets == ignore_index (default -100) give logprob 0, entropy 0 and no gradient; `mask` (True where a
+token counts) does the same for the JSD; the entropy is that of softmax(logits / T), the distribution the
+log-probabilities come from, and is differentiable; teachers are constants (no gradient reaches them).
+Softmax math runs in fp32 whatever the input dtype; the chunked paths' matmuls run in the input dtype;
+gradients come back in the input dtype.
 
 Backend: env ATLAS_KERNELS=auto|triton|torch, or set_backend(...), read by get_backend(). 'auto' runs
 Triton on CUDA tensors (when triton is installed) and the torch twin elsewhere; 'triton' on CPU tensors
@@ -30,7 +31,7 @@ import warnings
 
 import torch
 
-from atlas.kernels import reference
+from atlas.kernels import functions, reference
 
 BACKENDS = ("auto", "triton", "torch")
 _backend: str | None = None  # None: read ATLAS_KERNELS at each call, so the env var can change in tests
@@ -87,6 +88,24 @@ def _use_triton(x: torch.Tensor) -> bool:
     return True
 
 
+def _logprob_backend(x: torch.Tensor):
+    """The module whose log-probability row primitives run for `x`: Triton's, or the torch twin."""
+    if _use_triton(x):
+        from atlas.kernels import logprob
+
+        return logprob
+    return reference
+
+
+def _divergence_backend(x: torch.Tensor):
+    """The module whose JSD row primitives and KL estimators run for `x`: Triton's, or the torch twin."""
+    if _use_triton(x):
+        from atlas.kernels import divergence
+
+        return divergence
+    return reference
+
+
 def token_logprobs(
     logits: torch.Tensor,
     targets: torch.Tensor,
@@ -96,13 +115,9 @@ def token_logprobs(
     return_entropy: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """log softmax(logits / T)[target] as fp32 [...]; with return_entropy, (logprobs, entropy)."""
-    if _use_triton(logits):
-        from atlas.kernels import logprob
-
-        return logprob.token_logprobs(logits, targets, temperature, ignore_index=ignore_index,
-                                      return_entropy=return_entropy)
-    return reference.token_logprobs(logits, targets, temperature, ignore_index=ignore_index,
-                                    return_entropy=return_entropy)
+    rows = _logprob_backend(logits)
+    return functions.token_logprobs(logits, targets, temperature, ignore_index, return_entropy,
+                                    rows.logprob_rows, rows.logprob_rows_backward_)
 
 
 def linear_token_logprobs(
@@ -117,13 +132,9 @@ def linear_token_logprobs(
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """token_logprobs(hidden @ weight.T, targets, T) without the [N, V] logits; chunk_size rows at a time
     (default: as many as fit a 2^26-element tile). Gradients reach hidden and weight."""
-    if _use_triton(hidden):
-        from atlas.kernels import logprob
-
-        return logprob.linear_token_logprobs(hidden, weight, targets, temperature, ignore_index=ignore_index,
-                                             return_entropy=return_entropy, chunk_size=chunk_size)
-    return reference.linear_token_logprobs(hidden, weight, targets, temperature, ignore_index=ignore_index,
-                                           return_entropy=return_entropy, chunk_size=chunk_size)
+    rows = _logprob_backend(hidden)
+    return functions.linear_token_logprobs(hidden, weight, targets, temperature, ignore_index, return_entropy,
+                                           chunk_size, rows.logprob_rows, rows.logprob_rows_backward_)
 
 
 def generalized_jsd(
@@ -137,13 +148,9 @@ def generalized_jsd(
 ) -> torch.Tensor:
     """Per-token generalized JSD summed over the vocab, fp32 [...], TRL's convention (beta = 0: KL(p_T || p_S),
     beta = 1: KL(p_S || p_T)); normalize=True divides by beta (1 - beta), continuous on [0, 1]."""
-    if _use_triton(student_logits):
-        from atlas.kernels import divergence
-
-        return divergence.generalized_jsd(student_logits, teacher_logits, beta, temperature, mask=mask,
-                                          normalize=normalize)
-    return reference.generalized_jsd(student_logits, teacher_logits, beta, temperature, mask=mask,
-                                     normalize=normalize)
+    rows = _divergence_backend(student_logits)
+    return functions.generalized_jsd(student_logits, teacher_logits, beta, temperature, mask, normalize,
+                                     rows.jsd_rows, rows.jsd_rows_backward_)
 
 
 def linear_generalized_jsd(
@@ -160,23 +167,15 @@ def linear_generalized_jsd(
 ) -> torch.Tensor:
     """generalized_jsd(student_hidden @ student_weight.T, teacher_hidden @ teacher_weight.T, ...) in chunks
     of tokens; gradients reach the student's hidden and weight, never the teacher's."""
-    if _use_triton(student_hidden):
-        from atlas.kernels import divergence
-
-        return divergence.linear_generalized_jsd(student_hidden, student_weight, teacher_hidden, teacher_weight,
-                                                 beta, temperature, mask=mask, normalize=normalize,
-                                                 chunk_size=chunk_size)
-    return reference.linear_generalized_jsd(student_hidden, student_weight, teacher_hidden, teacher_weight, beta,
-                                            temperature, mask=mask, normalize=normalize, chunk_size=chunk_size)
+    rows = _divergence_backend(student_hidden)
+    return functions.linear_generalized_jsd(student_hidden, student_weight, teacher_hidden, teacher_weight, beta,
+                                            temperature, mask, normalize, chunk_size, rows.jsd_rows,
+                                            rows.jsd_rows_backward_)
 
 
 def kl(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str = "k3") -> torch.Tensor:
     """Per-token estimate of KL(policy || ref) from the sampled tokens' log-probabilities, fp32."""
-    if _use_triton(logp):
-        from atlas.kernels import divergence
-
-        return divergence.kl(logp, ref_logp, estimator)
-    return reference.kl(logp, ref_logp, estimator)
+    return _divergence_backend(logp).kl(logp, ref_logp, estimator)
 
 
 __all__ = ["get_backend", "generalized_jsd", "kl", "linear_generalized_jsd", "linear_token_logprobs",

@@ -31,7 +31,6 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from atlas.kernels import functions
 from atlas.kernels.reference import check_kl_args
 
 MAX_BLOCK_V = 4096
@@ -160,35 +159,6 @@ def jsd_rows_backward_(
         _jsd_bwd_kernel[(n,)](s_NB, s_NB.stride(0), t_NB, t_NB.stride(0), dest, dest.stride(0), lse_s, lse_t, c_N,
                               g_N, width, inv_temperature, beta, **_jsd_launch(beta, width))
     return dest
-
-
-def generalized_jsd(
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    beta: float = 0.5,
-    temperature: float = 1.0,
-    *,
-    mask: torch.Tensor | None = None,
-    normalize: bool = False,
-) -> torch.Tensor:
-    return functions.generalized_jsd(student_logits, teacher_logits, beta, temperature, mask, normalize,
-                                     jsd_rows, jsd_rows_backward_)
-
-
-def linear_generalized_jsd(
-    student_hidden: torch.Tensor,
-    student_weight: torch.Tensor,
-    teacher_hidden: torch.Tensor,
-    teacher_weight: torch.Tensor,
-    beta: float = 0.5,
-    temperature: float = 1.0,
-    *,
-    mask: torch.Tensor | None = None,
-    normalize: bool = False,
-    chunk_size: int | None = None,
-) -> torch.Tensor:
-    return functions.linear_generalized_jsd(student_hidden, student_weight, teacher_hidden, teacher_weight, beta,
-                                            temperature, mask, normalize, chunk_size, jsd_rows, jsd_rows_backward_)
 
 
 @triton.jit

@@ -20,8 +20,6 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from atlas.kernels import functions
-
 MAX_BLOCK_V = 4096
 
 
@@ -124,29 +122,3 @@ def logprob_rows_backward_(
         WITH_ENTROPY=with_entropy, BLOCK_V=block, num_warps=warps,
     )
     return dest
-
-
-def token_logprobs(
-    logits: torch.Tensor,
-    targets: torch.Tensor,
-    temperature: float = 1.0,
-    *,
-    ignore_index: int = -100,
-    return_entropy: bool = False,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    return functions.token_logprobs(logits, targets, temperature, ignore_index, return_entropy,
-                                    logprob_rows, logprob_rows_backward_)
-
-
-def linear_token_logprobs(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    targets: torch.Tensor,
-    temperature: float = 1.0,
-    *,
-    ignore_index: int = -100,
-    return_entropy: bool = False,
-    chunk_size: int | None = None,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    return functions.linear_token_logprobs(hidden, weight, targets, temperature, ignore_index, return_entropy,
-                                           chunk_size, logprob_rows, logprob_rows_backward_)

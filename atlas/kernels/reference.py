@@ -1,4 +1,4 @@
-"""Pure-torch twins of the Triton kernels: same signatures, same autograd plumbing, the CPU path.
+"""Pure-torch twins of the Triton kernels: the same row primitives, the CPU path.
 
 Row math (per token, logits z scaled by 1/T, p = softmax(z), lse = logsumexp(z)):
   logprob    lp = z[target] - lse                        d lp / dz = onehot(target) - p
@@ -23,8 +23,6 @@ import math
 
 import torch
 from torch import Tensor
-
-from atlas.kernels import functions
 
 F32 = torch.float32
 NEG_INF = float("-inf")
@@ -128,61 +126,6 @@ def jsd_rows_backward_(
         grad = torch.where(q > 0, q * (a - c_N[:, None]), 0.0)
     dest = s_NB if out is None else out
     return dest.copy_(grad.mul_((g_N * inv_temperature)[:, None]))
-
-
-def token_logprobs(
-    logits: torch.Tensor,
-    targets: torch.Tensor,
-    temperature: float = 1.0,
-    *,
-    ignore_index: int = -100,
-    return_entropy: bool = False,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    return functions.token_logprobs(logits, targets, temperature, ignore_index, return_entropy,
-                                    logprob_rows, logprob_rows_backward_)
-
-
-def linear_token_logprobs(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    targets: torch.Tensor,
-    temperature: float = 1.0,
-    *,
-    ignore_index: int = -100,
-    return_entropy: bool = False,
-    chunk_size: int | None = None,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    return functions.linear_token_logprobs(hidden, weight, targets, temperature, ignore_index, return_entropy,
-                                           chunk_size, logprob_rows, logprob_rows_backward_)
-
-
-def generalized_jsd(
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    beta: float = 0.5,
-    temperature: float = 1.0,
-    *,
-    mask: torch.Tensor | None = None,
-    normalize: bool = False,
-) -> torch.Tensor:
-    return functions.generalized_jsd(student_logits, teacher_logits, beta, temperature, mask, normalize,
-                                     jsd_rows, jsd_rows_backward_)
-
-
-def linear_generalized_jsd(
-    student_hidden: torch.Tensor,
-    student_weight: torch.Tensor,
-    teacher_hidden: torch.Tensor,
-    teacher_weight: torch.Tensor,
-    beta: float = 0.5,
-    temperature: float = 1.0,
-    *,
-    mask: torch.Tensor | None = None,
-    normalize: bool = False,
-    chunk_size: int | None = None,
-) -> torch.Tensor:
-    return functions.linear_generalized_jsd(student_hidden, student_weight, teacher_hidden, teacher_weight, beta,
-                                            temperature, mask, normalize, chunk_size, jsd_rows, jsd_rows_backward_)
 
 
 KL_ESTIMATORS = ("k1", "k2", "k3")

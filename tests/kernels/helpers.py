@@ -4,19 +4,31 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from atlas.kernels import reference
+import atlas.kernels as K
 
 IGNORE = -100
 
 
-def backend_modules(kind: str):
-    """(logprob module, divergence module) of a backend; the Triton ones run in the interpreter on CPU."""
-    if kind == "torch":
-        return reference, reference
-    pytest.importorskip("triton")
-    from atlas.kernels import divergence, logprob
+class Backend:
+    """atlas.kernels' public functions, each call run under one backend (the Triton one through the
+    interpreter on CPU). The backward needs nothing: each call's autograd node keeps its backend's rows."""
 
-    return logprob, divergence
+    def __init__(self, kind: str):
+        if kind == "triton":
+            pytest.importorskip("triton")
+        self.kind = kind
+
+    def __getattr__(self, name: str):
+        fn = getattr(K, name)
+
+        def call(*args, **kwargs):
+            K.set_backend(self.kind)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                K.set_backend(None)
+
+        return call
 
 
 BACKENDS = ["torch", "triton"]

@@ -46,9 +46,9 @@ def test_env_var_and_set_backend(monkeypatch):
 @pytest.mark.parametrize("backend,expect_triton", [("auto", False), ("torch", False), ("triton", True)])
 def test_dispatch_on_cpu_tensors(monkeypatch, backend, expect_triton):
     K.set_backend(backend)
-    tri_lp = _count_calls(monkeypatch, logprob, "token_logprobs")
-    tri_jsd = _count_calls(monkeypatch, divergence, "generalized_jsd")
-    twin_lp = _count_calls(monkeypatch, reference, "token_logprobs")
+    tri_lp = _count_calls(monkeypatch, logprob, "logprob_rows")
+    tri_jsd = _count_calls(monkeypatch, divergence, "jsd_rows")
+    twin_lp = _count_calls(monkeypatch, reference, "logprob_rows")
     z = torch.randn(3, 20)
     K.token_logprobs(z, torch.tensor([1, 2, 3]))
     K.generalized_jsd(z, z.flip(0))

@@ -7,8 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from atlas.kernels import reference
-from tests.kernels.helpers import BACKENDS, abs_err, backend_modules, rel_err
+from tests.kernels.helpers import BACKENDS, Backend, abs_err, rel_err
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # trl.experimental announces itself as unstable on import
@@ -36,12 +35,12 @@ def _pair(n, vocab, seed, dtype=torch.float64):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("beta", BETAS)
 def test_generalized_jsd_matches_trl(backend, beta):
-    _, div = backend_modules(backend)
+    kernels = Backend(backend)
     vocab = 4099 if beta == 0.5 else 1000
     s64, t64, g = _pair(6, vocab, seed=int(beta * 10))
     mask = torch.tensor([True, True, False, True, True, True])
     s = s64.float().requires_grad_()
-    out = div.generalized_jsd(s, t64.float(), beta, 0.8, mask=mask)
+    out = kernels.generalized_jsd(s, t64.float(), beta, 0.8, mask=mask)
     (out * g.float()).sum().backward()
 
     s_ref = s64.clone().requires_grad_()
@@ -56,11 +55,11 @@ def test_generalized_jsd_matches_trl(backend, beta):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
 def test_generalized_jsd_bf16_no_worse_than_trl_in_bf16(backend, beta):
-    _, div = backend_modules(backend)
+    kernels = Backend(backend)
     s64, t64, g = _pair(5, 1000, seed=11)
     s, t = s64.bfloat16(), t64.bfloat16()
     ours_in = s.clone().requires_grad_()
-    ours = div.generalized_jsd(ours_in, t, beta, 1.2)
+    ours = kernels.generalized_jsd(ours_in, t, beta, 1.2)
     (ours * g.float()).sum().backward()
     plain_in = s.clone().requires_grad_()
     plain = trl_jsd(plain_in, t, beta, 1.2)
@@ -75,25 +74,25 @@ def test_generalized_jsd_bf16_no_worse_than_trl_in_bf16(backend, beta):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_normalized_jsd_is_continuous_at_the_endpoints(backend):
-    _, div = backend_modules(backend)
+    kernels = Backend(backend)
     s64, t64, _ = _pair(4, 151, seed=3)
     s, t = s64.float(), t64.float()
-    forward_kl = div.generalized_jsd(s, t, 0.0, normalize=True)
-    reverse_kl = div.generalized_jsd(s, t, 1.0, normalize=True)
-    assert torch.equal(forward_kl, div.generalized_jsd(s, t, 0.0))  # endpoints are TRL's KLs
-    near0 = div.generalized_jsd(s, t, 1e-3, normalize=True)
-    near1 = div.generalized_jsd(s, t, 1 - 1e-3, normalize=True)
+    forward_kl = kernels.generalized_jsd(s, t, 0.0, normalize=True)
+    reverse_kl = kernels.generalized_jsd(s, t, 1.0, normalize=True)
+    assert torch.equal(forward_kl, kernels.generalized_jsd(s, t, 0.0))  # endpoints are TRL's KLs
+    near0 = kernels.generalized_jsd(s, t, 1e-3, normalize=True)
+    near1 = kernels.generalized_jsd(s, t, 1 - 1e-3, normalize=True)
     assert rel_err(near0, forward_kl) < 1e-2 and rel_err(near1, reverse_kl) < 1e-2
     # TRL's own convention is not continuous: JSD_beta -> 0 at both ends.
-    assert div.generalized_jsd(s, t, 1e-3).max() < 1e-2 * forward_kl.min()
-    mid = div.generalized_jsd(s, t, 0.5)
-    assert rel_err(div.generalized_jsd(s, t, 0.5, normalize=True), 4 * mid) <= FP32_TOL
+    assert kernels.generalized_jsd(s, t, 1e-3).max() < 1e-2 * forward_kl.min()
+    mid = kernels.generalized_jsd(s, t, 0.5)
+    assert rel_err(kernels.generalized_jsd(s, t, 0.5, normalize=True), 4 * mid) <= FP32_TOL
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
 def test_linear_generalized_jsd_matches_full_logits(backend, beta):
-    _, div = backend_modules(backend)
+    kernels = Backend(backend)
     gen = torch.Generator().manual_seed(4)
     n, vocab = 11, 1000
     hs, ws = torch.randn(n, 16, generator=gen).double(), torch.randn(vocab, 16, generator=gen).double() * 0.5
@@ -105,7 +104,7 @@ def test_linear_generalized_jsd_matches_full_logits(backend, beta):
     student = [hs.float().requires_grad_(), ws.float().requires_grad_()]
     teacher = [ht.float().requires_grad_(), wt.float().requires_grad_()]
     chunk = 1 if beta == 0.5 else 4  # 1: backward tiles of 7 rows x 128 vocab columns, row groups add up
-    out = div.linear_generalized_jsd(*student, *teacher, beta, 0.9, mask=mask, normalize=True, chunk_size=chunk)
+    out = kernels.linear_generalized_jsd(*student, *teacher, beta, 0.9, mask=mask, normalize=True, chunk_size=chunk)
     (out * g.float()).sum().backward()
 
     ref_s = [hs.clone().requires_grad_(), ws.clone().requires_grad_()]
@@ -120,26 +119,26 @@ def test_linear_generalized_jsd_matches_full_logits(backend, beta):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_all_masked_jsd_rows_give_zero_and_no_gradient(backend):
-    _, div = backend_modules(backend)
+    kernels = Backend(backend)
     s64, t64, _ = _pair(3, 151, seed=5)
     s = s64.float().requires_grad_()
-    out = div.generalized_jsd(s, t64.float(), 0.5, mask=torch.zeros(3, dtype=torch.bool))
+    out = kernels.generalized_jsd(s, t64.float(), 0.5, mask=torch.zeros(3, dtype=torch.bool))
     out.sum().backward()
     assert (out == 0).all() and (s.grad == 0).all()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_jsd_bad_inputs_raise_value_error(backend):
-    _, div = backend_modules(backend)
+    kernels = Backend(backend)
     s = torch.randn(3, 10)
     with pytest.raises(ValueError, match="beta"):
-        div.generalized_jsd(s, s, 1.5)
+        kernels.generalized_jsd(s, s, 1.5)
     with pytest.raises(ValueError, match="same shape"):
-        div.generalized_jsd(s, torch.randn(3, 11))
+        kernels.generalized_jsd(s, torch.randn(3, 11))
     with pytest.raises(ValueError, match="mask"):
-        div.generalized_jsd(s, s, mask=torch.ones(3))
+        kernels.generalized_jsd(s, s, mask=torch.ones(3))
     with pytest.raises(ValueError, match="same vocabulary"):
-        div.linear_generalized_jsd(torch.randn(3, 4), torch.randn(10, 4), torch.randn(3, 5), torch.randn(11, 5))
+        kernels.linear_generalized_jsd(torch.randn(3, 4), torch.randn(10, 4), torch.randn(3, 5), torch.randn(11, 5))
 
 
 def _kl64(logp, ref, estimator):
@@ -150,7 +149,7 @@ def _kl64(logp, ref, estimator):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("estimator", ["k1", "k2", "k3"])
 def test_kl_estimators_match_fp64(backend, estimator):
-    _, div = backend_modules(backend)
+    kernels = Backend(backend)
     gen = torch.Generator().manual_seed(6)
     logp64 = -torch.rand(2, 50, generator=gen, dtype=torch.float64) * 5
     # gaps from 1e-7 (policy == reference up to rounding) to ~3 nats, both signs
@@ -158,7 +157,7 @@ def test_kl_estimators_match_fp64(backend, estimator):
     ref64 = logp64 + gap
     logp, ref = logp64.float().requires_grad_(), ref64.float().requires_grad_()
     g = torch.randn(2, 50, generator=gen, dtype=torch.float64)
-    out = div.kl(logp, ref, estimator)
+    out = kernels.kl(logp, ref, estimator)
     (out * g.float()).sum().backward()
     lp_r, rf_r = logp.detach().double().requires_grad_(), ref.detach().double().requires_grad_()
     expected = _kl64(lp_r, rf_r, estimator)  # on the fp32 inputs: their rounding is not the kernel's error
@@ -186,7 +185,7 @@ def test_triton_jsd_equals_torch_twin_random_shapes(n, vocab, beta, temperature,
     s64, t64, g = _pair(n, vocab, seed)
     for kind in BACKENDS:
         s = s64.float().requires_grad_()
-        out = backend_modules(kind)[1].generalized_jsd(s, t64.float(), beta, temperature)
+        out = Backend(kind).generalized_jsd(s, t64.float(), beta, temperature)
         (out * g.float()).sum().backward()
         outs.append((out, s.grad))
     for a, b in zip(*outs):
@@ -196,10 +195,10 @@ def test_triton_jsd_equals_torch_twin_random_shapes(n, vocab, beta, temperature,
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_jsd_with_a_masked_vocabulary_block(backend):
     """A first 4096-column block of -inf in both distributions must give the same JSD as without it."""
-    _, div_mod = backend_modules(backend)
+    kernels = Backend(backend)
     g = torch.Generator().manual_seed(1)
     s, t = torch.randn(2, 5000, generator=g), torch.randn(2, 5000, generator=g)
     s[0, :4096] = t[0, :4096] = float("-inf")
-    out = div_mod.generalized_jsd(s, t, beta=0.5)
-    expected = reference.generalized_jsd(s[:, 4096:], t[:, 4096:], beta=0.5)
+    out = kernels.generalized_jsd(s, t, beta=0.5)
+    expected = Backend("torch").generalized_jsd(s[:, 4096:], t[:, 4096:], beta=0.5)
     assert torch.allclose(out[0], expected[0], atol=1e-5) and out[0] > 0

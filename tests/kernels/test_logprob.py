@@ -8,9 +8,9 @@ from hypothesis import strategies as st
 from tests.kernels.helpers import (
     BACKENDS,
     IGNORE,
+    Backend,
     LargestTensor,
     abs_err,
-    backend_modules,
     logprobs64,
     random_targets,
     rel_err,
@@ -25,14 +25,14 @@ pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:Runtim
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("vocab,temperature", [(151, 1.0), (1000, 0.7), (4099, 1.3)])
 def test_token_logprobs_fp32_matches_fp64(backend, vocab, temperature):
-    lp_mod, _ = backend_modules(backend)
+    kernels = Backend(backend)
     gen = torch.Generator().manual_seed(vocab)
     z64 = (torch.randn(2, 3, vocab, generator=gen, dtype=torch.float64) * 3).requires_grad_()
     targets = random_targets((2, 3), vocab, gen)
     g_lp, g_ent = torch.randn(2, 3, generator=gen, dtype=torch.float64), torch.randn(2, 3, generator=gen).double()
     z = z64.detach().float().requires_grad_()
 
-    lp, ent = lp_mod.token_logprobs(z, targets, temperature, return_entropy=True)
+    lp, ent = kernels.token_logprobs(z, targets, temperature, return_entropy=True)
     lp_ref, ent_ref = logprobs64(z64, targets, temperature)
     (lp * g_lp.float() + ent * g_ent.float()).sum().backward()
     (lp_ref * g_lp + ent_ref * g_ent).sum().backward()
@@ -47,7 +47,7 @@ def test_token_logprobs_fp32_matches_fp64(backend, vocab, temperature):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("vocab", [151, 4099])
 def test_token_logprobs_bf16_no_worse_than_plain_torch(backend, vocab):
-    lp_mod, _ = backend_modules(backend)
+    kernels = Backend(backend)
     gen = torch.Generator().manual_seed(1)
     z = (torch.randn(7, vocab, generator=gen) * 4).bfloat16()
     targets = random_targets((7,), vocab, gen)
@@ -55,8 +55,8 @@ def test_token_logprobs_bf16_no_worse_than_plain_torch(backend, vocab):
     temperature = 0.9
 
     z_ours = z.clone().requires_grad_()
-    (lp_mod.token_logprobs(z_ours, targets, temperature) * g).sum().backward()
-    lp_ours = lp_mod.token_logprobs(z, targets, temperature)
+    (kernels.token_logprobs(z_ours, targets, temperature) * g).sum().backward()
+    lp_ours = kernels.token_logprobs(z, targets, temperature)
 
     z_plain = z.clone().requires_grad_()
     logp = (z_plain / temperature).log_softmax(-1)  # everything in bf16
@@ -74,13 +74,13 @@ def test_token_logprobs_bf16_no_worse_than_plain_torch(backend, vocab):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_token_logprobs_without_entropy_and_partial_grads(backend):
-    lp_mod, _ = backend_modules(backend)
+    kernels = Backend(backend)
     gen = torch.Generator().manual_seed(2)
     z64 = torch.randn(5, 1000, generator=gen, dtype=torch.float64).requires_grad_()
     targets = random_targets((5,), 1000, gen)
     z = z64.detach().float().requires_grad_()
     before = z.detach().clone()
-    lp = lp_mod.token_logprobs(z, targets, 2.0)
+    lp = kernels.token_logprobs(z, targets, 2.0)
     lp_ref, ent_ref = logprobs64(z64, targets, 2.0)
     (lp * 3.0).sum().backward()
     (lp_ref * 3.0).sum().backward()
@@ -89,7 +89,7 @@ def test_token_logprobs_without_entropy_and_partial_grads(backend):
 
     # Upstream gradient through the entropy alone.
     z.grad, z64.grad = None, None
-    _, ent = lp_mod.token_logprobs(z, targets, 2.0, return_entropy=True)
+    _, ent = kernels.token_logprobs(z, targets, 2.0, return_entropy=True)
     ent.sum().backward()
     logprobs64(z64, targets, 2.0)[1].sum().backward()
     assert rel_err(z.grad, z64.grad) <= FP32_TOL
@@ -97,17 +97,17 @@ def test_token_logprobs_without_entropy_and_partial_grads(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_all_masked_rows_give_zero_and_no_gradient(backend):
-    lp_mod, _ = backend_modules(backend)
+    kernels = Backend(backend)
     gen = torch.Generator().manual_seed(3)
     targets = torch.full((6,), IGNORE)
     z = torch.randn(6, 151, generator=gen, requires_grad=True)
-    lp, ent = lp_mod.token_logprobs(z, targets, return_entropy=True)
+    lp, ent = kernels.token_logprobs(z, targets, return_entropy=True)
     (lp + ent).sum().backward()
     assert (lp == 0).all() and (ent == 0).all() and (z.grad == 0).all()
 
     h = torch.randn(6, 8, generator=gen, requires_grad=True)
     w = torch.randn(151, 8, generator=gen, requires_grad=True)
-    lp, ent = lp_mod.linear_token_logprobs(h, w, targets, return_entropy=True, chunk_size=4)
+    lp, ent = kernels.linear_token_logprobs(h, w, targets, return_entropy=True, chunk_size=4)
     (lp + ent).sum().backward()
     assert (lp == 0).all() and (ent == 0).all() and (h.grad == 0).all() and (w.grad == 0).all()
 
@@ -133,10 +133,10 @@ def _linear_ref(h, w, targets, temperature, g_lp, g_ent):
 # chunk_size=1 forces the backward's multi-row-group path (rows per tile < N) and two vocab blocks.
 @pytest.mark.parametrize("vocab,chunk_size", [(151, 4), (151, 1), (4099, None)])
 def test_linear_token_logprobs_fp32_matches_fp64(backend, vocab, chunk_size):
-    lp_mod, _ = backend_modules(backend)
+    kernels = Backend(backend)
     h, w, targets, g_lp, g_ent = _linear_case(vocab, torch.float32, seed=vocab)
     h.requires_grad_(), w.requires_grad_()
-    lp, ent = lp_mod.linear_token_logprobs(h, w, targets, 0.8, return_entropy=True, chunk_size=chunk_size)
+    lp, ent = kernels.linear_token_logprobs(h, w, targets, 0.8, return_entropy=True, chunk_size=chunk_size)
     (lp * g_lp.float() + ent * g_ent.float()).sum().backward()
     lp_ref, ent_ref, dh_ref, dw_ref = _linear_ref(h.detach(), w.detach(), targets, 0.8, g_lp, g_ent)
     assert rel_err(lp, lp_ref) <= FP32_TOL and rel_err(ent, ent_ref) <= FP32_TOL
@@ -145,11 +145,11 @@ def test_linear_token_logprobs_fp32_matches_fp64(backend, vocab, chunk_size):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_linear_token_logprobs_bf16_no_worse_than_plain_torch(backend):
-    lp_mod, _ = backend_modules(backend)
+    kernels = Backend(backend)
     h, w, targets, g_lp, _ = _linear_case(1000, torch.bfloat16, seed=5)
     temperature = 1.1
     ours = [h.clone().requires_grad_(), w.clone().requires_grad_()]
-    lp = lp_mod.linear_token_logprobs(*ours, targets, temperature, chunk_size=4)
+    lp = kernels.linear_token_logprobs(*ours, targets, temperature, chunk_size=4)
     (lp * g_lp.float()).sum().backward()
     plain = [h.clone().requires_grad_(), w.clone().requires_grad_()]
     logp = ((plain[0] @ plain[1].T) / temperature).log_softmax(-1)
@@ -165,27 +165,27 @@ def test_linear_token_logprobs_bf16_no_worse_than_plain_torch(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_linear_token_logprobs_grad_to_one_input_and_leading_dims(backend):
-    lp_mod, _ = backend_modules(backend)
+    kernels = Backend(backend)
     h, w, targets, g_lp, _ = _linear_case(151, torch.float32, seed=6, n=12)
     lp_ref, _, dh_ref, dw_ref = _linear_ref(h, w, targets, 1.0, g_lp, torch.zeros_like(g_lp))
     hh = h.clone().requires_grad_()
-    lp = lp_mod.linear_token_logprobs(hh.view(3, 4, -1), w, targets.view(3, 4), chunk_size=5)
+    lp = kernels.linear_token_logprobs(hh.view(3, 4, -1), w, targets.view(3, 4), chunk_size=5)
     assert lp.shape == (3, 4)
     (lp.view(-1) * g_lp.float()).sum().backward()
     assert rel_err(hh.grad, dh_ref) <= FP32_TOL
     ww = w.clone().requires_grad_()
-    (lp_mod.linear_token_logprobs(h, ww, targets, chunk_size=5) * g_lp.float()).sum().backward()
+    (kernels.linear_token_logprobs(h, ww, targets, chunk_size=5) * g_lp.float()).sum().backward()
     assert rel_err(ww.grad, dw_ref) <= FP32_TOL and rel_err(lp.view(-1), lp_ref) <= FP32_TOL
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_linear_token_logprobs_never_materialises_n_by_v(backend):
-    lp_mod, _ = backend_modules(backend)
+    kernels = Backend(backend)
     n, vocab, chunk = 40, 1000, 8
     h, w, targets, g_lp, g_ent = _linear_case(vocab, torch.float32, seed=7, n=n)
     h.requires_grad_(), w.requires_grad_()
     with LargestTensor() as probe:
-        lp, ent = lp_mod.linear_token_logprobs(h, w, targets, return_entropy=True, chunk_size=chunk)
+        lp, ent = kernels.linear_token_logprobs(h, w, targets, return_entropy=True, chunk_size=chunk)
         (lp * g_lp.float() + ent * g_ent.float()).sum().backward()
     assert probe.largest <= max(chunk * vocab, w.numel()) * 4  # one fp32 chunk of logits, or dW itself
 
@@ -198,7 +198,7 @@ def test_torch_twin_random_shapes(n, vocab, temperature, scale, seed):
     z64 = (torch.randn(n, vocab, generator=gen, dtype=torch.float64) * scale).requires_grad_()
     targets = random_targets((n,), vocab, gen, n_ignored=seed % 2)
     z = z64.detach().float().requires_grad_()
-    lp, ent = backend_modules("torch")[0].token_logprobs(z, targets, temperature, return_entropy=True)
+    lp, ent = Backend("torch").token_logprobs(z, targets, temperature, return_entropy=True)
     (lp + 0.5 * ent).sum().backward()
     lp_ref, ent_ref = logprobs64(z64, targets, temperature)
     (lp_ref + 0.5 * ent_ref).sum().backward()
@@ -212,8 +212,8 @@ def test_torch_twin_random_shapes(n, vocab, temperature, scale, seed):
 @given(n=st.integers(1, 5), vocab=st.integers(1, 300), temperature=st.floats(0.3, 3.0),
        seed=st.integers(0, 2**31 - 1))
 def test_triton_equals_torch_twin_random_shapes(n, vocab, temperature, seed):
-    tri, _ = backend_modules("triton")
-    twin, _ = backend_modules("torch")
+    tri = Backend("triton")
+    twin = Backend("torch")
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn(n, vocab, generator=gen) * 5
     targets = random_targets((n,), vocab, gen, n_ignored=seed % 2)
@@ -229,66 +229,66 @@ def test_triton_equals_torch_twin_random_shapes(n, vocab, temperature, seed):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_bad_inputs_raise_value_error(backend):
-    lp_mod, _ = backend_modules(backend)
+    kernels = Backend(backend)
     z = torch.randn(3, 10)
     with pytest.raises(ValueError, match="outside"):
-        lp_mod.token_logprobs(z, torch.tensor([0, 10, 1]))
+        kernels.token_logprobs(z, torch.tensor([0, 10, 1]))
     with pytest.raises(ValueError, match="shape"):
-        lp_mod.token_logprobs(z, torch.tensor([0, 1]))
+        kernels.token_logprobs(z, torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="temperature"):
-        lp_mod.token_logprobs(z, torch.tensor([0, 1, 2]), temperature=0.0)
+        kernels.token_logprobs(z, torch.tensor([0, 1, 2]), temperature=0.0)
     with pytest.raises(ValueError, match="integer"):
-        lp_mod.token_logprobs(z, torch.tensor([0.0, 1.0, 2.0]))
+        kernels.token_logprobs(z, torch.tensor([0.0, 1.0, 2.0]))
     with pytest.raises(ValueError, match="float32, bfloat16 or float16"):
-        lp_mod.token_logprobs(z.double(), torch.tensor([0, 1, 2]))
+        kernels.token_logprobs(z.double(), torch.tensor([0, 1, 2]))
     h, w = torch.randn(3, 4), torch.randn(10, 4)
     with pytest.raises(ValueError, match="disagree on H"):
-        lp_mod.linear_token_logprobs(h, torch.randn(10, 5), torch.tensor([0, 1, 2]))
+        kernels.linear_token_logprobs(h, torch.randn(10, 5), torch.tensor([0, 1, 2]))
     with pytest.raises(ValueError, match="dtype"):
-        lp_mod.linear_token_logprobs(h, w.bfloat16(), torch.tensor([0, 1, 2]))
+        kernels.linear_token_logprobs(h, w.bfloat16(), torch.tensor([0, 1, 2]))
     with pytest.raises(ValueError, match="chunk_size"):
-        lp_mod.linear_token_logprobs(h, w, torch.tensor([0, 1, 2]), chunk_size=0)
+        kernels.linear_token_logprobs(h, w, torch.tensor([0, 1, 2]), chunk_size=0)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_empty_inputs(backend):
-    lp_mod, _ = backend_modules(backend)
+    kernels = Backend(backend)
     z = torch.randn(0, 151, requires_grad=True)
-    lp_mod.token_logprobs(z, torch.zeros(0, dtype=torch.long)).sum().backward()
+    kernels.token_logprobs(z, torch.zeros(0, dtype=torch.long)).sum().backward()
     assert z.grad.shape == (0, 151)
     h, w = torch.randn(0, 8, requires_grad=True), torch.randn(151, 8, requires_grad=True)
-    lp_mod.linear_token_logprobs(h, w, torch.zeros(0, dtype=torch.long)).sum().backward()
+    kernels.linear_token_logprobs(h, w, torch.zeros(0, dtype=torch.long)).sum().backward()
     assert h.grad.shape == (0, 8) and (w.grad == 0).all()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_strided_logits_rows(backend):
     """Logits that are a column slice of a wider tensor (row stride > V) read and write the right rows."""
-    lp_mod, div = backend_modules(backend)
+    kernels = Backend(backend)
     gen = torch.Generator().manual_seed(8)
     wide = torch.randn(5, 160, generator=gen, dtype=torch.float64)
     targets = random_targets((5,), 151, gen)
     z = wide.float().requires_grad_()
-    (lp_mod.token_logprobs(z[:, :151], targets, 0.9) * 2.0).sum().backward()
+    (kernels.token_logprobs(z[:, :151], targets, 0.9) * 2.0).sum().backward()
     z64 = wide.clone().requires_grad_()
     (logprobs64(z64[:, :151], targets, 0.9)[0] * 2.0).sum().backward()
     assert rel_err(z.grad, z64.grad) <= FP32_TOL and (z.grad[:, 151:] == 0).all()
     s = wide.float().requires_grad_()
-    div.generalized_jsd(s[:, :151], wide.float()[:, 9:], 0.5).sum().backward()
+    kernels.generalized_jsd(s[:, :151], wide.float()[:, 9:], 0.5).sum().backward()
     s_ref = s.detach().clone().requires_grad_()
-    div.generalized_jsd(s_ref[:, :151].contiguous(), wide.float()[:, 9:].contiguous(), 0.5).sum().backward()
+    kernels.generalized_jsd(s_ref[:, :151].contiguous(), wide.float()[:, 9:].contiguous(), 0.5).sum().backward()
     assert torch.allclose(s.grad, s_ref.grad, atol=1e-7)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_masked_vocabulary_block_gives_finite_logprobs(backend):
     """-inf logits (a masked vocabulary) filling a whole first tile must not poison the running max."""
-    lp_mod, _ = backend_modules(backend)
+    kernels = Backend(backend)
     z = torch.randn(2, 5000, generator=torch.Generator().manual_seed(0))
     z[0, :4096] = float("-inf")  # row 0: the first 4096-column block is all -inf
     targets = torch.tensor([4500, 10])
     z.requires_grad_(True)
-    lp, ent = lp_mod.token_logprobs(z, targets, 1.3, return_entropy=True)
+    lp, ent = kernels.token_logprobs(z, targets, 1.3, return_entropy=True)
     # the masked columns carry no probability: row 0 is its last 904 columns alone
     ref_lp0, ref_ent0 = logprobs64(z.detach()[:1, 4096:], targets[:1] - 4096, 1.3)
     ref_lp1, ref_ent1 = logprobs64(z.detach()[1:], targets[1:], 1.3)
