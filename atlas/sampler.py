@@ -34,8 +34,11 @@ torch.compile, gpt-fast style: the cache switches to fixed shapes after prefill 
 tensor write slot, attention over all slots under a mask), and finished rows are no longer compacted
 (they stop being sampled but keep their slot, so shapes never change). On CUDA it uses CUDA graphs
 ("reduce-overhead"). Each distinct (rows, cache length) compiles once; cache lengths are rounded up to a
-multiple of 64 so repeated calls with similar lengths reuse it. The eager path is the default: see
-BENCHMARKS.md for where compiling pays.
+multiple of 64 so repeated calls with similar lengths reuse it. The KV cache is then kept between calls
+and reused while (rows, cache length) stay the same, its buffers marked as static addresses: CUDA graphs
+replay fixed addresses, and torch skips them for in-place updates of an input it does not know to be
+static. So a compiling Sampler holds one cache's memory between calls, until the shape changes or the
+Sampler is dropped. The eager path is the default: see BENCHMARKS.md for where compiling pays.
 
 Left out: paged attention, continuous batching across calls, speculative decoding, beam search,
 repetition penalties. On CUDA the loop checks for finished rows every `check_every` steps (default 8)
@@ -115,6 +118,7 @@ class Sampler:
             eos.add(tokenizer.eos_token_id)
         self.eos_token_ids = sorted(eos)
         self.check_every = check_every
+        self._cache: KVCache | None = None  # compile=True: the last KV cache, reused while its shape fits
 
     @torch.no_grad()
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> list[Completion]:
@@ -148,7 +152,7 @@ class Sampler:
         if self.compile:
             max_len = min(-(-max_len // 64) * 64, config.max_position_embeddings)
         with _gathered(self.model):
-            cache = KVCache(config, B, max_len, dtype=self.model.dtype, device=device)
+            cache = self._kv_cache(B, max_len)
             prefill = cache.every_nth_row(n)
             hidden = self.model(ids_PT, attention_mask_BT=mask_PT, cache=prefill, return_hidden=True)
             _broadcast_groups(cache, prefill, n)
@@ -160,6 +164,23 @@ class Sampler:
                 check_every,
             )
         return self._completions(tokens_BT, logp_BT, slogp_BT, ended_at_B, n, params)
+
+    def _kv_cache(self, rows: int, max_len: int) -> KVCache:
+        """A fresh cache per call; with compile=True the last one is kept and reused while (rows, max_len)
+        stay the same, its buffers marked as static addresses: CUDA graphs replay fixed addresses, and a
+        cache reallocated per call would make torch re-record the graph at every call (or, as a mutated
+        input it does not know to be static, skip CUDA graphs altogether)."""
+        kept = self._cache
+        if kept is not None and (kept.batch_size, kept.max_len) == (rows, max_len):
+            kept.reset()
+            return kept
+        cache = KVCache(self.model.config, rows, max_len, dtype=self.model.dtype, device=self.model.device)
+        if self.compile:
+            self._cache = None  # drop the old one before keeping the new
+            for t in cache.buffers():
+                torch._dynamo.mark_static_address(t)
+            self._cache = cache
+        return cache
 
     def _decode(self, logits_BV, cache, prompt_len_B, params, stop, gen, check_every):
         """The decode loop; returns tokens/logprobs [B, max_new] and each row's stop step (-1: ran out)."""

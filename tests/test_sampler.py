@@ -197,10 +197,15 @@ def test_compiled_decode_equals_eager(pair):
     _, model = pair
     prompts = _prompts([4, 13, 9], seed=13)
     params = SamplingParams(max_new_tokens=12, temperature=0.8, n=2, seed=3, stop_token_ids=[5, 6, 7])
-    eager = Sampler(model).generate(prompts, params)
+    others = _prompts([7, 11, 3], seed=14)  # the same (rows, rounded cache length): reuses step and cache
     compiled = Sampler(model, compile=True)
-    for _ in range(2):  # the second call reuses the compiled step
-        outs = compiled.generate(prompts, params)
-        for a, b in zip(eager, outs):
+    graphs, caches = [], []
+    for batch in (prompts, prompts, others):
+        outs = compiled.generate(batch, params)
+        graphs.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+        caches.append(compiled._cache)  # one cache, kept at fixed addresses for CUDA graphs
+        for a, b in zip(Sampler(model).generate(batch, params), outs):
             assert a.token_ids == b.token_ids and a.finish_reason == b.finish_reason
             assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-4)
+    assert graphs[0] == graphs[1] == graphs[2], "a later call recompiled the decode step"
+    assert caches[0] is caches[1] is caches[2]

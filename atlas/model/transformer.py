@@ -136,6 +136,13 @@ class KVCache:
         self.pos = 0
         self.has_pad = False  # whether any written slot is a pad (then attention needs a mask)
         self.slot_t: torch.Tensor | None = None  # the decode slot in static mode, as a [1] tensor
+        self._slot = torch.zeros(1, dtype=torch.long, device=device)  # slot_t's storage, kept across resets
+
+    def reset(self) -> None:
+        """Empty the cache for a new batch, keeping its buffers (and so their addresses). Stale keys and
+        values stay in k/v but are never read: every slot is written before it becomes visible."""
+        self.valid_BS.zero_()
+        self.pos, self.has_pad, self.slot_t = 0, False, None
 
     @property
     def batch_size(self) -> int:
@@ -145,13 +152,17 @@ class KVCache:
     def max_len(self) -> int:
         return self.k[0].shape[2]
 
+    def buffers(self) -> list[torch.Tensor]:
+        """Every tensor the cache owns (what a compiled decode step reads and updates in place)."""
+        return [*self.k, *self.v, self.valid_BS, self._slot]
+
     def start_static_decode(self) -> None:
         """Fixed shapes from here on: each forward takes one token per row, writes it at slot `slot_t`
         (a tensor, so nothing a compiler would specialise on changes between steps) and attends over all
         max_len slots under valid & (slot <= slot_t). Unwritten slots are marked valid now: the causal
         term hides them until they are written. `pos` stops advancing; `slot_t` is the position."""
         self.valid_BS[:, self.pos:] = True
-        self.slot_t = torch.tensor([self.pos], device=self.valid_BS.device)
+        self.slot_t = self._slot.fill_(self.pos)
 
     def every_nth_row(self, n: int) -> KVCache:
         """A cache over rows 0, n, 2n, ... of this one (strided views: writes land here)."""
