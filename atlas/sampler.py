@@ -174,9 +174,9 @@ class Sampler:
         if kept is not None and (kept.batch_size, kept.max_len) == (rows, max_len):
             kept.reset()
             return kept
+        self._cache = kept = None  # freed before the new one is allocated
         cache = KVCache(self.model.config, rows, max_len, dtype=self.model.dtype, device=self.model.device)
         if self.compile:
-            self._cache = None  # drop the old one before keeping the new
             for t in cache.buffers():
                 torch._dynamo.mark_static_address(t)
             self._cache = cache
