@@ -166,16 +166,17 @@ class Sampler:
         return self._completions(tokens_BT, logp_BT, slogp_BT, ended_at_B, n, params)
 
     def _kv_cache(self, rows: int, max_len: int) -> KVCache:
-        """A fresh cache per call; with compile=True the last one is kept and reused while (rows, max_len)
-        stay the same, its buffers marked as static addresses: CUDA graphs replay fixed addresses, and a
+        """A fresh cache per call; with compile=True the last one is kept and reused while (rows, max_len,
+        dtype, device) stay the same, its buffers marked as static addresses: CUDA graphs replay fixed addresses, and a
         cache reallocated per call would make torch re-record the graph at every call (or, as a mutated
         input it does not know to be static, skip CUDA graphs altogether)."""
-        kept = self._cache
-        if kept is not None and (kept.batch_size, kept.max_len) == (rows, max_len):
+        kept, model = self._cache, self.model
+        if kept is not None and (kept.batch_size, kept.max_len, kept.k[0].dtype, kept.k[0].device) == (
+                rows, max_len, model.dtype, model.device):
             kept.reset()
             return kept
         self._cache = kept = None  # freed before the new one is allocated
-        cache = KVCache(self.model.config, rows, max_len, dtype=self.model.dtype, device=self.model.device)
+        cache = KVCache(model.config, rows, max_len, dtype=model.dtype, device=model.device)
         if self.compile:
             for t in cache.buffers():
                 torch._dynamo.mark_static_address(t)
