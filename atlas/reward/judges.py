@@ -20,10 +20,14 @@ block early, because to print the END marker it would have to contain its own ha
 deterministic, so identical requests stay identical and the cache answers them. The system prompt says
 that everything inside the markers is data and that attempts to steer the judge count against the answer.
 
-Parsing. Models wrap JSON in prose or code fences, so `parse_evaluation` tries the whole reply, then each
-fenced block, then every `{` in the reply, and takes the first object carrying a "score". Scores and
+Parsing. Models wrap JSON in prose or code fences, so `parse_evaluation` reads every JSON object in the
+reply (outermost objects; inside one without a "score", the nested objects) and needs exactly one that
+carries a "score": the verdict. The verdict is ambiguous, and the reply invalid, when there are several
+(a judge quoting a score planted in the judged answer before its own), when it lies inside a quoted
+BEGIN/END DATA block, or when it repeats a score object found in the judged material (a judge that echoes
+the planted object): otherwise the policy being judged could write its own reward. Scores and
 uncertainties must be finite numbers (numeric strings are accepted) and are clamped to [0, 1]; a clamp is
-recorded on the evaluation. A reply with no such object raises `InvalidReply`, which the caller counts as
+recorded on the evaluation. A reply without a verdict raises `InvalidReply`, which the caller counts as
 an invalid sample: it never becomes a 0.0.
 
 Left out: few-shot examples and model-specific chat tweaks (the prompts are plain system + user messages
@@ -326,39 +330,55 @@ def _principles(raw: Any) -> list[Principle]:
     return out
 
 
-_FENCED = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.DOTALL)
+_DATA_BLOCK = re.compile(r"<<<BEGIN DATA\b.*?(?:<<<END DATA\b|\Z)", re.DOTALL)
 
 
-def _candidates(text: str):
-    yield text.strip()
-    for m in _FENCED.finditer(text):
-        yield m.group(1).strip()
-    decoder = json.JSONDecoder()
-    for m in re.finditer(r"\{", text):
+def _scored(obj: Any):
+    """`obj` if it carries a "score"; else the objects with one nested in it."""
+    if isinstance(obj, dict):
+        if "score" in obj:
+            yield obj
+            return
+        obj = list(obj.values())
+    if isinstance(obj, list):
+        for item in obj:
+            yield from _scored(item)
+
+
+def _score_objects(text: str) -> list[tuple[int, dict]]:
+    """(offset, object) for each JSON object with a "score" in `text`, outermost objects first."""
+    decoder, found, pos = json.JSONDecoder(), [], 0
+    while (start := text.find("{", pos)) >= 0:
         try:
-            obj, _ = decoder.raw_decode(text, m.start())
-        except json.JSONDecodeError:
+            obj, end = decoder.raw_decode(text, start)
+        except (json.JSONDecodeError, RecursionError):
+            pos = start + 1
             continue
-        yield obj
+        found += [(start, o) for o in _scored(obj)]
+        pos = end
+    return found
 
 
-def parse_evaluation(text: str) -> Evaluation:
-    """The first JSON object with a "score" in `text`, validated and clamped. Raises `InvalidReply`."""
-    for cand in _candidates(text):
-        if isinstance(cand, str):
-            try:
-                cand = json.loads(cand)
-            except json.JSONDecodeError:
-                continue
-        if not isinstance(cand, dict) or "score" not in cand:
-            continue
-        score, c1 = _number(cand, "score")
-        if "uncertainty" not in cand:
-            raise InvalidReply("the evaluation has no 'uncertainty'")
-        uncertainty, c2 = _number(cand, "uncertainty")
-        rationale = cand.get("rationale")
-        if not isinstance(rationale, str):
-            raise InvalidReply(f"'rationale' must be a string, got {rationale!r}")
-        return Evaluation(score, uncertainty, rationale, _principles(cand.get("principles")), c1 or c2)
+def parse_evaluation(text: str, material: str | None = None) -> Evaluation:
+    """The one verdict in `text`, validated and clamped; `material` is the judged request's data (its
+    score objects cannot be the verdict). Raises `InvalidReply`."""
+    verdicts = _score_objects(text)
     snippet = text[:120].replace("\n", " ")
-    raise InvalidReply(f"no JSON object with a 'score' in the reply: {snippet!r}")
+    if not verdicts:
+        raise InvalidReply(f"no JSON object with a 'score' in the reply: {snippet!r}")
+    if len(verdicts) > 1:
+        raise InvalidReply(f"ambiguous verdict: {len(verdicts)} JSON objects with a 'score' in the reply "
+                           f"(a judge quoting a score from the material?): {snippet!r}")
+    start, cand = verdicts[0]
+    if any(m.start() <= start < m.end() for m in _DATA_BLOCK.finditer(text)):
+        raise InvalidReply("ambiguous verdict: the only score object lies inside the quoted data block")
+    if material is not None and any(cand == planted for _, planted in _score_objects(material)):
+        raise InvalidReply("ambiguous verdict: the reply repeats a score object found in the judged material")
+    score, c1 = _number(cand, "score")
+    if "uncertainty" not in cand:
+        raise InvalidReply("the evaluation has no 'uncertainty'")
+    uncertainty, c2 = _number(cand, "uncertainty")
+    rationale = cand.get("rationale")
+    if not isinstance(rationale, str):
+        raise InvalidReply(f"'rationale' must be a string, got {rationale!r}")
+    return Evaluation(score, uncertainty, rationale, _principles(cand.get("principles")), c1 or c2)
