@@ -72,9 +72,10 @@ class RIMConfig:
                 f"active_judges {list(self.active_judges)}: choose one or more of {list(JUDGES)}")
         if len(set(self.active_judges)) != len(self.active_judges):
             raise ValueError(f"active_judges lists a judge twice: {list(self.active_judges)}")
-        if not self.temperatures or any(t < 0 for t in self.temperatures):
+        if len(self.temperatures) < 2 or any(t < 0 for t in self.temperatures):
             raise ValueError(
-                f"temperatures must be one or more non-negative numbers, got {self.temperatures}")
+                f"temperatures must be two or more non-negative numbers, got {self.temperatures}: RIM escalates "
+                "to the arbiter whenever fewer than two tier-1 samples are valid")
         if self.aggregation not in ("mean", "min_uncertainty"):
             raise ValueError(f"aggregation must be 'mean' or 'min_uncertainty', got {self.aggregation!r}")
         for name in ("variance_threshold", "uncertainty_threshold", "cap_margin", "cap_gate"):

@@ -4,8 +4,9 @@ For each item (prompt, response, context) and each active judge j:
 
 1. Tier 1. The small model answers the judge prompt once per temperature t_k in `temperatures`
    (0.2, 0.5, 0.8), all requests of a batch in parallel. Valid samples give scores s_k, uncertainties u_k.
-2. Escalation. With V the valid samples, escalate when V is empty, or std(s_k, k in V) > variance_threshold
-   (0.15; population std, so one valid sample has std 0), or max(u_k) > uncertainty_threshold (0.3).
+2. Escalation. With V the valid samples, escalate when |V| < 2 (a judge that failed twice is not trusted
+   on its one remaining sample, whose std would be 0), or std(s_k, k in V) > variance_threshold (0.15;
+   population std), or max(u_k) > uncertainty_threshold (0.3).
    The large model then answers at `arbiter_temperature` (0.3), shown the tier-1 evaluations, and its
    score and uncertainty are the judge's. An arbiter that fails leaves the judge without a score: the
    tier-1 samples were just found unreliable, so falling back to them would hide the failure.
@@ -24,19 +25,23 @@ For each item (prompt, response, context) and each active judge j:
    If any judge has no score the item has none (`score` None, `error` says why): averaging the rest
    would silently change what the reward means.
 
-Nothing is silent: an unparsable reply is an invalid sample and a failed call a failed call, both on the
-JudgeResult and counted in `RIM.stats` (calls sent, cache_hits, failed_calls, invalid_replies, escalations,
-failed_judges, failed_items, prompt_tokens, completion_tokens); every call is in `RewardResult.audit`
-with model, temperature, latency, tokens, attempts, cache flag and error.
+Nothing is silent: an unparsable or ambiguous reply (judges.py: several score objects, or one taken from
+the judged material) is an invalid sample and a failed call a failed call, both on the JudgeResult and
+counted in `RIM.stats` (calls sent, cache_hits, failed_calls, invalid_replies, escalations, failed_judges,
+failed_items, prompt_tokens, completion_tokens); every call is in `RewardResult.audit` with model,
+temperature, latency, tokens, attempts, cache flag and error. Results are returned per call, never kept
+on the RIM, so threads sharing one RIM do not see each other's; `stats` only accumulates counts.
 
 Cache: identical requests (model, messages, temperature, max_tokens) within a RIM's life are answered from
-an LRU cache of successful replies, and duplicates within one batch are sent once. A cached sample at
-temperature > 0 is the same sample again, which is the point: a GRPO group often holds identical
-completions, and each judge call costs money.
+an LRU cache of replies that parsed into an evaluation; a failed call or an invalid reply is asked again
+next time. Duplicates within one batch are sent once and share that one reply, whatever it is. A cached
+sample at temperature > 0 is the same sample again, which is the point: a GRPO group often holds
+identical completions, and each judge call costs money.
 
 `RIM(config)(prompts, completions, **context) -> list[float]` is a GRPO reward function: context values
-are lists with one entry per completion. It raises `JudgeError` if an item cannot be scored, unless
-`config.failure_score` gives a value to use instead (counted in `stats["failed_items"]`).
+are lists with one entry per completion. Items that cannot be scored are counted in
+`stats["failed_items"]`; then it raises `JudgeError` (its `results` hold every item's RewardResult),
+unless `config.failure_score` gives a value to use for them instead.
 
 Left out: cross-thread de-duplication of in-flight requests (two threads evaluating the same item at the
 same moment both call the backend), a persistent (on-disk) cache, and weighting judges unequally.
@@ -67,7 +72,12 @@ from atlas.reward.judges import (
 
 
 class JudgeError(RuntimeError):
-    """Raised by `RIM.__call__` when an item gets no score and no `failure_score` is configured."""
+    """Raised by `RIM.__call__` when an item gets no score and no `failure_score` is configured; `results`
+    are the batch's RewardResults, failed ones with their `error`."""
+
+    def __init__(self, message: str, results: list[RewardResult]):
+        super().__init__(message)
+        self.results = results
 
 
 @dataclass
@@ -178,7 +188,6 @@ class RIM:
         self.client = client
         self.judges = [JUDGES[j] for j in self.config.active_judges]
         self.stats: Counter[str] = Counter()
-        self.last_results: list[RewardResult] = []
         self._cache = _LRU(self.config.cache_size) if self.config.cache else None
         self._stats_lock = threading.Lock()
 
@@ -189,12 +198,13 @@ class RIM:
     def __call__(self, prompts: list, completions: list, **context: list) -> list[float]:
         results = self.evaluate_batch(prompts, completions, **context)
         failed = [r for r in results if r.score is None]
+        self._count(failed_items=len(failed))
         if failed and self.config.failure_score is None:
             raise JudgeError(
                 f"{len(failed)} of {len(results)} item(s) could not be judged (first: {failed[0].error}); "
-                "see RIM.last_results, or set RIMConfig.failure_score to score such items with a fixed value"
+                "see JudgeError.results, or set RIMConfig.failure_score to score such items with a fixed value",
+                results,
             )
-        self._count(failed_items=len(failed))
         return [r.score if r.score is not None else self.config.failure_score for r in results]
 
     def evaluate_batch(self, prompts: list, responses: list, **context: list) -> list[RewardResult]:
@@ -243,12 +253,11 @@ class RIM:
             judged = [self._finish(per_key[(i, j)], reasons[(i, j)], arbiter_calls.get((i, j)))
                       for j in range(len(self.judges))]
             results.append(self._combine(judged))
-        self.last_results = results
         return results
 
     def _run(self, stage: str, requests: list[tuple[str, ChatRequest]]) -> list[Call]:
         """Send requests (with the cache on: cached ones answered, duplicates sent once), parse replies,
-        count everything."""
+        cache those that parsed, count everything."""
         replies: list[ChatResult | None] = [None] * len(requests)
         pending: dict[Any, list[int]] = {}
         for idx, (_, req) in enumerate(requests):
@@ -260,21 +269,22 @@ class RIM:
         unique = [requests[group[0]][1] for group in pending.values()]
         fresh = self.client.chat_batch(unique) if unique else []
         assert len(fresh) == len(unique), "backend returned a different number of results than requests"
-        for req, res, (first, *dupes) in zip(unique, fresh, pending.values()):
+        for res, (first, *dupes) in zip(fresh, pending.values()):
             replies[first] = res
             for idx in dupes:
                 replies[idx] = _as_cached(res)
-            if self._cache is not None and res.error is None:
-                self._cache.put(req, res)
 
         calls = []
         for (judge, req), res in zip(requests, replies):
             evaluation, error = None, res.error
             if res.text is not None:
                 try:
-                    evaluation = parse_evaluation(res.text)
+                    # the judged material is the user message: a score object in it is never the verdict
+                    evaluation = parse_evaluation(res.text, material=req.messages[-1][1])
                 except InvalidReply as e:
                     error = f"invalid reply: {e}"
+            if evaluation is not None and self._cache is not None and not res.cached:
+                self._cache.put(req, res)
             calls.append(Call(judge, stage, req.model, req.temperature, req.message_dicts(), res.text,
                               evaluation, error, res.latency_s, res.prompt_tokens, res.completion_tokens,
                               res.attempts, res.cached))
@@ -292,6 +302,8 @@ class RIM:
         valid = [c.evaluation for c in samples if c.evaluation]
         if not valid:
             return f"no tier-1 sample parsed ({len(samples)} invalid)"
+        if len(valid) < 2:
+            return f"only {len(valid)} of {len(samples)} tier-1 samples parsed"
         reasons = []
         std = statistics.pstdev([e.score for e in valid])
         if std > cfg.variance_threshold:

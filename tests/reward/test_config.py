@@ -63,6 +63,7 @@ def test_missing_endpoint_names_what_to_set(clean_env):
     ({"active_judges": ("accuracy", "accuracy")}, "twice"),
     ({"aggregation": "median"}, "'mean' or 'min_uncertainty'"),
     ({"temperatures": ()}, "temperatures"),
+    ({"temperatures": (0.5,)}, "two or more"),
     ({"variance_threshold": 1.5}, "variance_threshold"),
     ({"failure_score": -1.0}, "failure_score"),
     ({"max_workers": 0}, ">= 1"),

@@ -2,8 +2,8 @@
 
 The model's judgements are noise: a random 2-layer model does not write JSON. These tests check the
 transport and the batching (one generate call per temperature holding every pending prompt, the
-temperatures RIM asks for, unparsable replies counted as invalid and the items reported as failed), not
-the scores.
+temperatures RIM asks for, unparsable replies counted as invalid, never cached, and the items reported
+as failed), not the scores.
 """
 
 import pytest
@@ -58,14 +58,18 @@ def test_rim_batches_pending_prompts_into_one_generate_per_temperature(judge):
         rim(["What is 2+2?"], ["5"])
 
 
-def test_cache_spares_the_model(judge):
+def test_duplicates_share_one_generate_and_invalid_replies_are_asked_again(judge):
     client = LocalChatClient({"judge": judge}, seed=0)
+    calls = []
+    _spy(client, calls)
     rim = RIM(RIMConfig(small_model="judge", large_model="judge", max_tokens=4, active_judges=("accuracy",),
                         failure_score=0.0), client=client)
     assert rim(["q", "q"], ["a", "a"]) == [0.0, 0.0]
-    assert client.generate_calls == 4
+    # the two identical items go out once: one prompt per tier-1 temperature, one for the arbiter
+    assert calls == [(1, 0.2, 4), (1, 0.5, 4), (1, 0.8, 4), (1, 0.3, 4)] and rim.stats["cache_hits"] == 4
     rim(["q"], ["a"])
-    assert client.generate_calls == 4 and rim.stats["failed_items"] == 3
+    # noise never parses, so nothing was cached: the same request reaches the model again
+    assert client.generate_calls == 8 and rim.stats["cache_hits"] == 4 and rim.stats["failed_items"] == 3
 
 
 def test_unknown_model_and_too_long_prompt_are_per_request_errors(judge):
