@@ -7,7 +7,16 @@ immutable sandbox with transformers' environment: trim_blocks, lstrip_blocks, lo
 that does not HTML-escape, `raise_exception`, `strftime_now`, and the `{% generation %}` block (rendered as
 its body). Template variables: messages, tools, documents, add_generation_prompt, the named special
 tokens (bos_token, eos_token, ...) and any extra keyword (Qwen3's `enable_thinking`). Messages' keys
-whose value is None are dropped first, as transformers does. Without a template, ChatML is used.
+whose value is None are dropped first, as transformers does.
+
+Which template: `chat_template=` (to `from_pretrained` or the constructor) is an explicit choice and wins
+over the checkpoint's: "chatml" for `CHATML_TEMPLATE`, or the template's own Jinja text (a string is
+never read as a file path; one without any `{{` or `{%` is refused, since it would render the same text
+for every conversation). Without a choice the checkpoint's template is used. A checkpoint without one
+gets none: loading and encoding work, and `apply_chat_template` raises a ValueError saying so and how to
+choose, because a prompt format the model was never trained on would degrade it without a word.
+`save_pretrained` writes a chosen template into the copy, so the checkpoint serves with the format it
+was trained on.
 
 Left out: slow (sentencepiece/tiktoken-only) tokenizers, `continue_final_message`, assistant-token masks,
 tool schemas from Python callables.
@@ -34,8 +43,8 @@ CHATML_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-          "chat_template.json")
+_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
+_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", *_TEMPLATE_FILES)
 _NAMED_SPECIALS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 
 
@@ -44,9 +53,12 @@ class Tokenizer:
 
     def __init__(self, tokenizer: _HFTokenizer, config: dict[str, Any] | None = None,
                  chat_template: str | None = None, source_dir: Path | None = None):
+        """`config` is tokenizer_config.json's content (its "chat_template" is the checkpoint's template);
+        `chat_template` an explicit choice: "chatml" or the Jinja text (see the module docstring)."""
         self._tok = tokenizer
         self.config = dict(config or {})
-        self.chat_template = chat_template or _template_from_config(self.config)
+        self._checkpoint_template = _template_from_config(self.config)
+        self.chat_template = _chosen(chat_template) if chat_template is not None else self._checkpoint_template
         self.source_dir = source_dir
         self.special_tokens = {k: v for k in _NAMED_SPECIALS if (v := _token_str(self.config.get(k)))}
         for name in ("bos", "eos", "pad", "unk"):
@@ -58,7 +70,8 @@ class Tokenizer:
             setattr(self, f"{name}_token_id", token_id)
 
     @classmethod
-    def from_pretrained(cls, path_or_hub_id: str | os.PathLike) -> Tokenizer:
+    def from_pretrained(cls, path_or_hub_id: str | os.PathLike, chat_template: str | None = None) -> Tokenizer:
+        """Load a checkpoint's tokenizer; `chat_template` ("chatml" or Jinja text) replaces its template."""
         from atlas.model.weights import resolve
 
         directory = resolve(path_or_hub_id)
@@ -70,13 +83,13 @@ class Tokenizer:
         config = _read_json(directory / "tokenizer_config.json")
         for key, value in _read_json(directory / "special_tokens_map.json").items():
             config.setdefault(key, value)
-        template = None
+        # as transformers: a template file takes precedence over tokenizer_config's entry
         if (directory / "chat_template.jinja").exists():
-            template = (directory / "chat_template.jinja").read_text(encoding="utf-8")
+            config["chat_template"] = (directory / "chat_template.jinja").read_text(encoding="utf-8")
         elif (directory / "chat_template.json").exists():
-            template = _read_json(directory / "chat_template.json").get("chat_template")
+            config["chat_template"] = _read_json(directory / "chat_template.json").get("chat_template")
         tok = _HFTokenizer.from_file(str(directory / "tokenizer.json"))
-        return cls(tok, config, template, source_dir=directory)
+        return cls(tok, config, chat_template, source_dir=directory)
 
     @property
     def vocab_size(self) -> int:
@@ -109,6 +122,14 @@ class Tokenizer:
         **kwargs: Any,
     ) -> str | list[int]:
         """Render `messages` with the checkpoint's template; token ids (no extra specials) if `tokenize`."""
+        if self.chat_template is None:
+            where = f"the checkpoint at {self.source_dir}" if self.source_dir else "this tokenizer"
+            raise ValueError(
+                f"{where} has no chat template (none in tokenizer_config.json, chat_template.jinja or "
+                "chat_template.json), and atlas does not guess a prompt format the model was not trained on; "
+                "choose one: Tokenizer.from_pretrained(path, chat_template='chatml') for ChatML, or "
+                "chat_template=<the Jinja template text the model was trained with>"
+            )
         if not messages:
             raise ValueError("apply_chat_template needs at least one message")
         for m in messages:
@@ -125,14 +146,22 @@ class Tokenizer:
         """Copy the tokenizer files it was loaded from (or write them when it was built in memory)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        chosen = self.chat_template != self._checkpoint_template
         if self.source_dir is not None:
+            # a chosen template replaces the checkpoint's, whose files would take precedence over it
+            skip = _TEMPLATE_FILES if chosen else ()
             for name in _FILES:
-                if (self.source_dir / name).exists():
+                if name not in skip and (self.source_dir / name).exists():
                     shutil.copyfile(self.source_dir / name, directory / name)
-            return
-        self._tok.save(str(directory / "tokenizer.json"))
-        config = {**self.config, "chat_template": self.chat_template,
-                  "tokenizer_class": self.config.get("tokenizer_class", "PreTrainedTokenizerFast")}
+            if not chosen:
+                return
+            config = _read_json(self.source_dir / "tokenizer_config.json")
+        else:
+            self._tok.save(str(directory / "tokenizer.json"))
+            config = {**self.config, "tokenizer_class": self.config.get("tokenizer_class", "PreTrainedTokenizerFast")}
+        config.pop("chat_template", None)
+        if self.chat_template is not None:
+            config["chat_template"] = self.chat_template
         (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
@@ -147,12 +176,27 @@ def _token_str(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _template_from_config(config: dict[str, Any]) -> str:
+def _template_from_config(config: dict[str, Any]) -> str | None:
     template = config.get("chat_template")
     if isinstance(template, list):  # named templates: [{"name": "default", "template": ...}, ...]
         named = {t.get("name"): t.get("template") for t in template}
         template = named.get("default")
-    return template or CHATML_TEMPLATE
+    return template if isinstance(template, str) and template else None
+
+
+def _chosen(chat_template: Any) -> str:
+    """An explicit chat_template argument as template text."""
+    if chat_template == "chatml":
+        return CHATML_TEMPLATE
+    if not isinstance(chat_template, str) or not ("{{" in chat_template or "{%" in chat_template):
+        raise ValueError(
+            f"chat_template must be 'chatml' or a Jinja chat template's text, got {chat_template!r:.80}; "
+            "a template string is never read as a file path: pass Path(file).read_text() for a file")
+    try:
+        _compile(chat_template)
+    except jinja2.exceptions.TemplateSyntaxError as exc:
+        raise ValueError(f"chat_template is not a valid Jinja template: {exc}") from None
+    return chat_template
 
 
 class _GenerationBlock(Extension):

@@ -62,11 +62,56 @@ def test_encode_decode_and_special_tokens_match_transformers(pair):
         assert tok.encode("hi")[0] == tok.bos_token_id
 
 
-def test_chatml_default_when_checkpoint_has_no_template(tmp_path):
-    tok = am.Tokenizer.from_pretrained(build_tokenizer(tmp_path, chat_template=None))
+def test_without_a_template_encoding_works_and_chat_needs_an_explicit_choice(tmp_path):
+    path = build_tokenizer(tmp_path, chat_template=None)
+    tok = am.Tokenizer.from_pretrained(path)
+    assert tok.chat_template is None and tok.decode(tok.encode("What is 12 times 7?")) == "What is 12 times 7?"
+    with pytest.raises(ValueError, match=r"has no chat template .*chat_template='chatml'"):
+        tok.apply_chat_template(CHAT[1:2])
+    tok = am.Tokenizer.from_pretrained(path, chat_template="chatml")
     text = tok.apply_chat_template(CHAT[1:2])
     assert text == "<|im_start|>user\nWhat is 12 times 7?<|im_end|>\n<|im_start|>assistant\n"
     assert tok.apply_chat_template(CHAT[1:2], tokenize=True)[0] == tok.token_to_id("<|im_start|>")
+
+
+BRACKETS = "{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}"
+
+
+def test_an_explicit_template_wins_and_is_never_read_as_a_path(tmp_path, monkeypatch):
+    path = build_tokenizer(tmp_path / "tok")  # ships a Qwen3-style template
+    tok = am.Tokenizer.from_pretrained(path, chat_template=BRACKETS)
+    assert tok.apply_chat_template(CHAT[1:2]) == "[user]What is 12 times 7?"
+    (tmp_path / "chat.jinja").write_text(BRACKETS)
+    monkeypatch.chdir(tmp_path)
+    for not_a_template in ("chat.jinja", str(tmp_path / "chat.jinja"), "", "ChatML"):
+        with pytest.raises(ValueError, match="never read as a file path"):
+            am.Tokenizer.from_pretrained(path, chat_template=not_a_template)
+    with pytest.raises(ValueError, match="not a valid Jinja template"):
+        am.Tokenizer.from_pretrained(path, chat_template="{% for m in messages %}")
+
+
+def test_a_chosen_template_is_saved_with_the_checkpoint(tmp_path):
+    from transformers import AutoTokenizer
+
+    bare = build_tokenizer(tmp_path / "bare", chat_template=None)
+    am.Tokenizer.from_pretrained(bare, chat_template="chatml").save_pretrained(tmp_path / "out")
+    saved = am.Tokenizer.from_pretrained(tmp_path / "out")
+    want = "<|im_start|>user\nWhat is 12 times 7?<|im_end|>\n<|im_start|>assistant\n"
+    assert saved.apply_chat_template(CHAT[1:2]) == want
+    ref = AutoTokenizer.from_pretrained(tmp_path / "out")
+    assert ref.apply_chat_template(CHAT[1:2], tokenize=False, add_generation_prompt=True) == want
+    # over a checkpoint whose template file would otherwise take precedence
+    shipped = build_tokenizer(tmp_path / "shipped", chat_template=None)
+    (shipped / "chat_template.jinja").write_text("{{ messages[0].content }}")
+    am.Tokenizer.from_pretrained(shipped, chat_template=BRACKETS).save_pretrained(tmp_path / "out2")
+    assert not (tmp_path / "out2" / "chat_template.jinja").exists()
+    assert am.Tokenizer.from_pretrained(tmp_path / "out2").apply_chat_template(CHAT[1:2]) == "[user]What is 12 times 7?"
+    # a tokenizer built in memory: none unless chosen
+    raw = am.Tokenizer.from_pretrained(bare)._tok
+    with pytest.raises(ValueError, match="this tokenizer has no chat template"):
+        am.Tokenizer(raw, {"eos_token": "<|im_end|>"}).apply_chat_template(CHAT[1:2])
+    am.Tokenizer(raw, {"eos_token": "<|im_end|>"}, chat_template="chatml").save_pretrained(tmp_path / "out3")
+    assert am.Tokenizer.from_pretrained(tmp_path / "out3").apply_chat_template(CHAT[1:2]) == want
 
 
 def test_template_file_takes_precedence(tmp_path):
