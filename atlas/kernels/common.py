@@ -48,6 +48,11 @@ def check_targets(targets: torch.Tensor, lead_shape: torch.Size, vocab: int, ign
             f"dimension, {tuple(lead_shape)}"
         )
     bad = ((targets < 0) | (targets >= vocab)) & (targets != ignore_index)
+    if targets.device.type != "cpu":
+        # reading the verdict on the host would sync the device at every call (the sampler scores every
+        # decode step): an out-of-range id fails asynchronously instead, at the next sync
+        torch._assert_async(~bad.any(), f"target ids outside [0, {vocab}) that are not ignore_index={ignore_index}")
+        return
     if bool(bad.any()):
         raise ValueError(
             f"{int(bad.sum())} target ids lie outside [0, {vocab}) and are not ignore_index={ignore_index}; "

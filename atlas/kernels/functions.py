@@ -8,13 +8,16 @@ tile is their own). The code
 here decides what is stored, what is recomputed and how tiles are walked, so the Triton path and its
 torch twin (reference.py) cannot drift apart in anything but arithmetic.
 
-Chunked variants (`hidden_NH @ weight_VH.T`; T folded into the small hidden, z = (h / T) @ W.T, so the
-row math always sees temperature 1 and no [*, V] pass is spent on scaling):
+Chunked variants (`hidden_NH @ weight_VH.T`): z = h @ W.T in the input dtype, then the row math casts
+to fp32 and scales by 1/T, exactly what the whole-logits variants do to `model(ids)`'s logits. So a
+sampler that scores `lm_head(h)` with `token_logprobs(logits, y, T)` and a trainer that calls
+`linear_token_logprobs(h, W, y, T)` compute one expression (scaling a bf16 h by 1/T before the matmul
+instead rounds h/T to bf16: 0.04-0.17 nats per token apart at T = 0.7).
   forward   token chunks of C rows, full vocab: z_CV -> row forward -> per-token outputs and per-row
             statistics (lse, entropy, JSD constant); z_CV is dropped, nothing of size [N, V] is kept.
   backward  tiles of R rows x B vocab columns, R * B <= C * V (the same element budget), vocab outermost:
-            z_RB is recomputed, the row backward turns it into G_RB = dL/dz in place (no second buffer),
-            dW[B] = G_RB.T @ (h_R / T) and dH_R += G_RB @ W[B] / T.
+            z_RB is recomputed, the row backward turns it into G_RB = dL/dz in place (no second buffer;
+            its 1/T factor included), dW[B] = G_RB.T @ h_R and dH_R += G_RB @ W[B].
   Why the backward walks the vocabulary: with R = N (any N below budget / 128 rows, i.e. every realistic
   micro-batch) each block of dW comes out of ONE matmul over all tokens, written once in the weight dtype:
   no [V, H] fp32 accumulator, no rounding per chunk in bf16, no re-reading dW per chunk (a token-chunked
@@ -48,10 +51,6 @@ from atlas.kernels.common import (
 F32 = torch.float32
 # Narrower vocabulary blocks make the recompute GEMM skinny; the row budget shrinks before they do.
 MIN_BLOCK_V = 128
-
-
-def _scaled(h: torch.Tensor, inv_temperature: float) -> torch.Tensor:
-    return h if inv_temperature == 1.0 else h * inv_temperature
 
 
 def _grad_or_zeros(g: torch.Tensor | None, n: int, like: torch.Tensor) -> torch.Tensor:
@@ -107,8 +106,8 @@ class LinearTokenLogprobs(torch.autograd.Function):
         buf = _Buffer(chunk * weight_VH.shape[0], hidden_NH)
         for s in range(0, n, chunk):
             e = min(s + chunk, n)
-            z_CV = buf.mm(_scaled(hidden_NH[s:e], inv_temperature), weight_VH.T)
-            lp, lse, ent = rows_fwd(z_CV, targets_N[s:e], 1.0, ignore_index, with_entropy)
+            z_CV = buf.mm(hidden_NH[s:e], weight_VH.T)
+            lp, lse, ent = rows_fwd(z_CV, targets_N[s:e], inv_temperature, ignore_index, with_entropy)
             lp_N[s:e], lse_N[s:e] = lp, lse
             if with_entropy:
                 ent_N[s:e] = ent
@@ -130,9 +129,9 @@ class LinearTokenLogprobs(torch.autograd.Function):
             t = targets_N[r0:r1]
             in_block = torch.where((t >= v0) & (t < v1), t - v0, -1)
             rows_bwd(z_RB, in_block, lse_N[r0:r1], None if ent_N is None else ent_N[r0:r1], g_lp_N[r0:r1],
-                     None if g_ent_N is None else g_ent_N[r0:r1], 1.0)
+                     None if g_ent_N is None else g_ent_N[r0:r1], inv_temperature)
 
-        d_hidden, d_weight = _tiled_backward(ctx, hidden_NH, weight_VH, budget, inv_temperature, tile_backward)
+        d_hidden, d_weight = _tiled_backward(ctx, hidden_NH, weight_VH, budget, tile_backward)
         return d_hidden, d_weight, None, None, None, None, None, None, None
 
 
@@ -161,7 +160,7 @@ def _add_matmul_(acc_f32: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> Non
         acc_f32.add_(a @ b)  # low-precision matmul (fp32 accumulation inside), summed in fp32
 
 
-def _tiled_backward(ctx, hidden_NH, weight_VH, budget, inv_temperature, tile_backward):
+def _tiled_backward(ctx, hidden_NH, weight_VH, budget, tile_backward):
     """Recompute z per (rows x vocab block) tile, tile_backward(z, r0, r1, v0, v1) makes it dL/dz in place,
     then dW[v0:v1] and dH[r0:r1] from it; see the module docstring for the order."""
     need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
@@ -171,7 +170,6 @@ def _tiled_backward(ctx, hidden_NH, weight_VH, budget, inv_temperature, tile_bac
     if n == 0:  # torch.mm with an empty inner dimension may leave out= untouched instead of zeroing it
         return torch.zeros_like(hidden_NH) if need_h else None, torch.zeros_like(weight_VH) if need_w else None
     rows, block_v = _backward_tiles(n, vocab, budget)
-    h_NH = _scaled(hidden_NH, inv_temperature)
     d_hidden = torch.zeros(n, hid, dtype=F32, device=hidden_NH.device) if need_h else None
     d_weight = torch.empty(weight_VH.shape, dtype=weight_VH.dtype, device=weight_VH.device) if need_w else None
     buf = _Buffer(budget, hidden_NH)
@@ -181,19 +179,19 @@ def _tiled_backward(ctx, hidden_NH, weight_VH, budget, inv_temperature, tile_bac
         dw_BH = torch.zeros(v1 - v0, hid, dtype=F32, device=w_BH.device) if need_w and rows < n else None
         for r0 in range(0, n, rows):
             r1 = min(r0 + rows, n)
-            z_RB = buf.mm(h_NH[r0:r1], w_BH.T)
+            z_RB = buf.mm(hidden_NH[r0:r1], w_BH.T)
             tile_backward(z_RB, r0, r1, v0, v1)
             if need_h:
                 _add_matmul_(d_hidden[r0:r1], z_RB, w_BH)
             if need_w:
                 if dw_BH is None:
-                    torch.mm(z_RB.T, h_NH, out=d_weight[v0:v1])
+                    torch.mm(z_RB.T, hidden_NH, out=d_weight[v0:v1])
                 else:
-                    _add_matmul_(dw_BH, z_RB.T, h_NH[r0:r1])
+                    _add_matmul_(dw_BH, z_RB.T, hidden_NH[r0:r1])
         if dw_BH is not None:
             d_weight[v0:v1] = dw_BH
     if need_h:
-        d_hidden = d_hidden.mul_(inv_temperature).to(hidden_NH.dtype)
+        d_hidden = d_hidden.to(hidden_NH.dtype)
     return d_hidden, d_weight
 
 
@@ -230,9 +228,9 @@ class LinearGeneralizedJSD(torch.autograd.Function):
         buf_s, buf_t = _Buffer(chunk * ws_VH.shape[0], hs_NH), _Buffer(chunk * ws_VH.shape[0], ht_NK)
         for s in range(0, n, chunk):
             e = min(s + chunk, n)
-            zs_CV = buf_s.mm(_scaled(hs_NH[s:e], inv_temperature), ws_VH.T)
-            zt_CV = buf_t.mm(_scaled(ht_NK[s:e], inv_temperature), wt_VK.T)
-            out_N[s:e], lse_s[s:e], lse_t[s:e], c_N[s:e] = rows_fwd(zs_CV, zt_CV, beta, 1.0)
+            zs_CV = buf_s.mm(hs_NH[s:e], ws_VH.T)
+            zt_CV = buf_t.mm(ht_NK[s:e], wt_VK.T)
+            out_N[s:e], lse_s[s:e], lse_t[s:e], c_N[s:e] = rows_fwd(zs_CV, zt_CV, beta, inv_temperature)
         del buf_s, buf_t
         ctx.save_for_backward(hs_NH, ws_VH, ht_NK, wt_VK, lse_s, lse_t, c_N)
         ctx.args = (beta, inv_temperature, scale, chunk * ws_VH.shape[0], rows_bwd)
@@ -243,16 +241,14 @@ class LinearGeneralizedJSD(torch.autograd.Function):
         hs_NH, ws_VH, ht_NK, wt_VK, lse_s, lse_t, c_N = ctx.saved_tensors
         beta, inv_temperature, scale, budget, rows_bwd = ctx.args
         g_N = _scale_and_mask(_grad_or_zeros(g_N, hs_NH.shape[0], hs_NH), scale, None)
-        ht_NK = _scaled(ht_NK, inv_temperature)
-
         buf_t = _Buffer(budget, ht_NK)
 
         def tile_backward(zs_RB, r0, r1, v0, v1):
             # The teacher's tile is recomputed too: keeping [N, V] teacher logits is what this avoids.
             rows_bwd(zs_RB, buf_t.mm(ht_NK[r0:r1], wt_VK[v0:v1].T), lse_s[r0:r1], lse_t[r0:r1], c_N[r0:r1],
-                     g_N[r0:r1], beta, 1.0)
+                     g_N[r0:r1], beta, inv_temperature)
 
-        d_hidden, d_weight = _tiled_backward(ctx, hs_NH, ws_VH, budget, inv_temperature, tile_backward)
+        d_hidden, d_weight = _tiled_backward(ctx, hs_NH, ws_VH, budget, tile_backward)
         return d_hidden, d_weight, None, None, None, None, None, None, None, None
 
 
@@ -298,7 +294,7 @@ def linear_token_logprobs(hidden: Tensor, weight: Tensor, targets: Tensor, tempe
     out = LinearTokenLogprobs.apply(hidden_NH, weight, targets_N.contiguous(), inv_t, ignore_index, chunk,
                                     return_entropy, rows_fwd, rows_bwd)
     outs = out if return_entropy else (out,)
-    outs = tuple(_unkeep(o, keep_K, lead.numel()).view(lead) for o in outs)
+    outs = tuple(_unkeep(o, keep_K, lead) for o in outs)
     return outs if return_entropy else outs[0]
 
 
@@ -311,9 +307,13 @@ def _kept_rows(keep_N: Tensor) -> Tensor | None:
     return keep_N.nonzero().squeeze(1)
 
 
-def _unkeep(x_K: Tensor, keep_K: Tensor | None, n: int) -> Tensor:
-    """Scatter per-kept-row values back to all n rows, zeros elsewhere (differentiable)."""
-    return x_K if keep_K is None else x_K.new_zeros(n).index_put((keep_K,), x_K)
+def _unkeep(x_K: Tensor, keep_K: Tensor | None, lead: torch.Size) -> Tensor:
+    """Per-kept-row values as a fresh tensor of shape `lead`, zeros at the dropped rows (differentiable).
+    Fresh, never a view of the output buffer: FSDP2 warns about views returned by a forward method (an
+    in-place op on one would skip its pre-backward hook), and these are returned by one."""
+    if keep_K is None:
+        return x_K.view(lead).clone()
+    return x_K.new_zeros(lead).index_put(torch.unravel_index(keep_K, lead), x_K)
 
 
 def generalized_jsd(student_logits: Tensor, teacher_logits: Tensor, beta: float, temperature: float,
@@ -358,7 +358,7 @@ def linear_generalized_jsd(student_hidden: Tensor, student_weight: Tensor, teach
     chunk = chunk_rows(hs_NH.shape[0], vocab, chunk_size)
     out = LinearGeneralizedJSD.apply(hs_NH, student_weight, ht_NK, teacher_weight.detach(), beta, inv_t,
                                      jsd_scale(beta, normalize), chunk, rows_fwd, rows_bwd)
-    return _unkeep(out, keep_K, lead.numel()).view(lead)
+    return _unkeep(out, keep_K, lead)
 
 
 def jsd_scale(beta: float, normalize: bool) -> float:
