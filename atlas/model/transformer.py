@@ -24,18 +24,34 @@ Module and parameter names mirror transformers' minus its `model.` prefix, so HF
 - `return_hidden=True` returns the final normed hidden states instead of logits, so trainers compute
   log-probabilities from hidden states and the LM head in chunks (atlas.kernels) without a [T, V] tensor.
 
+`token_logprobs(hidden, targets, T)` is that LM-head path, the one every trainer uses: log softmax(z / T)
+[target] with z = hidden @ W_lm^T computed in chunks of tokens (`atlas.kernels.linear_token_logprobs`).
+Under FSDP2 it is registered as a forward method (atlas.distributed.parallelize does it), so the head's
+unshard, mixed-precision cast and gradient reduce-scatter happen as in forward.
+
+Training hooks: `activation_checkpointing = True` recomputes each block in backward
+(`torch.utils.checkpoint` inside the block, so parameter names do not change); `init_weights()`
+initialises parameters as transformers does and re-ties embeddings (after `to_empty` from the meta
+device); the rope frequencies `inv_freq` stay fp32 whatever `.to(dtype)` is applied (in bf16 the angle
+at position 8000 would be off by up to 1.4 rad). `gathered()` holds an FSDP2 model unsharded for a
+whole generation (see there).
+
 Left out: dropout (atlas fine-tunes without it), sliding windows, attention sinks, MoE.
 """
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
+from atlas.kernels import linear_token_logprobs
+from atlas.model.cache import KVCache
 from atlas.model.config import ModelConfig
 
 try:  # optional: flash-attn's varlen kernel for packed sequences on CUDA
@@ -117,67 +133,6 @@ class RMSNorm(nn.Module):
         return self.weight * x32.to(x.dtype)
 
 
-class KVCache:
-    """Static key/value buffers: k, v (one [B, KVH, S, D] per layer), plus which slots hold real tokens.
-
-    A forward with the cache writes slots [pos, pos + T) for every row and advances `pos`; rows of
-    different lengths are left-padded so all rows write the same slots (one slice assignment, no scatter),
-    and `valid_BS` keeps pads out of attention. Memory: 2 * L * B * KVH * S * D * bytes(dtype).
-    """
-
-    def __init__(self, config: ModelConfig, batch_size: int, max_len: int, *, dtype: torch.dtype,
-                 device: torch.device | str):
-        shape = (batch_size, config.num_key_value_heads, max_len, config.head_dim)
-        # one tensor per layer: a compiled decode step then updates whole graph inputs in place, where a
-        # view of one [L, ...] tensor made torch.compile copy the entire cache at every layer
-        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
-        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
-        self.valid_BS = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)
-        self.pos = 0
-        self.has_pad = False  # whether any written slot is a pad (then attention needs a mask)
-        self.slot_t: torch.Tensor | None = None  # the decode slot in static mode, as a [1] tensor
-        self._slot = torch.zeros(1, dtype=torch.long, device=device)  # slot_t's storage, kept across resets
-
-    def reset(self) -> None:
-        """Empty the cache for a new batch, keeping its buffers (and so their addresses). Stale keys and
-        values stay in k/v but are never read: every slot is written before it becomes visible."""
-        self.valid_BS.zero_()
-        self.pos, self.has_pad, self.slot_t = 0, False, None
-
-    @property
-    def batch_size(self) -> int:
-        return self.k[0].shape[0]
-
-    @property
-    def max_len(self) -> int:
-        return self.k[0].shape[2]
-
-    def buffers(self) -> list[torch.Tensor]:
-        """Every tensor the cache owns (what a compiled decode step reads and updates in place)."""
-        return [*self.k, *self.v, self.valid_BS, self._slot]
-
-    def start_static_decode(self) -> None:
-        """Fixed shapes from here on: each forward takes one token per row, writes it at slot `slot_t`
-        (a tensor, so nothing a compiler would specialise on changes between steps) and attends over all
-        max_len slots under valid & (slot <= slot_t). Unwritten slots are marked valid now: the causal
-        term hides them until they are written. `pos` stops advancing; `slot_t` is the position."""
-        self.valid_BS[:, self.pos:] = True
-        self.slot_t = self._slot.fill_(self.pos)
-
-    def every_nth_row(self, n: int) -> KVCache:
-        """A cache over rows 0, n, 2n, ... of this one (strided views: writes land here)."""
-        view = copy.copy(self)
-        view.k, view.v = [k[::n] for k in self.k], [v[::n] for v in self.v]
-        view.valid_BS = self.valid_BS[::n]
-        return view
-
-    def select_rows(self, rows: torch.Tensor) -> None:
-        """Keep only `rows` (a 1-D index into the batch, repeats allowed): compaction and forking."""
-        self.k = [k.index_select(0, rows) for k in self.k]
-        self.v = [v.index_select(0, rows) for v in self.v]
-        self.valid_BS = self.valid_BS.index_select(0, rows)
-
-
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -203,16 +158,8 @@ class Attention(nn.Module):
         q = apply_rope(q.transpose(1, 2), cos_BTD, sin_BTD)
         k = apply_rope(k.transpose(1, 2), cos_BTD, sin_BTD)
 
-        if ctx.cache is not None and ctx.cache.slot_t is not None:
-            cache = ctx.cache
-            cache.k[layer].index_copy_(2, cache.slot_t, k)
-            cache.v[layer].index_copy_(2, cache.slot_t, v)
-            k, v = cache.k[layer], cache.v[layer]
-        elif ctx.cache is not None:
-            cache, end = ctx.cache, ctx.cache.pos + T
-            cache.k[layer][:, :, cache.pos:end] = k
-            cache.v[layer][:, :, cache.pos:end] = v
-            k, v = cache.k[layer][:, :, :end], cache.v[layer][:, :, :end]
+        if ctx.cache is not None:
+            k, v = ctx.cache.write(layer, k, v)
 
         if ctx.max_seqlen is not None:  # packed sequences through flash-attn varlen
             out = flash_attn_varlen_func(
@@ -255,6 +202,13 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, h, cos, sin, ctx, layer):
+        if ctx.checkpoint:
+            # inside the block, so FSDP2's hooks on it stay outside the recomputed region (as torchtitan's
+            # wrapper-then-shard order has it) and parameter names carry no wrapper prefix
+            return checkpoint(self._forward, h, cos, sin, ctx, layer, use_reentrant=False)
+        return self._forward(h, cos, sin, ctx, layer)
+
+    def _forward(self, h, cos, sin, ctx, layer):
         h = h + self.self_attn(self.input_layernorm(h), cos, sin, ctx, layer)
         return h + self.mlp(self.post_attention_layernorm(h))
 
@@ -265,6 +219,7 @@ class _AttnContext:
     def __init__(self, mask=None, is_causal=False, cache=None, cu_seqlens=None, max_seqlen=None):
         self.mask, self.is_causal, self.cache = mask, is_causal, cache
         self.cu_seqlens, self.max_seqlen = cu_seqlens, max_seqlen
+        self.checkpoint = False
 
 
 class Transformer(nn.Module):
@@ -275,18 +230,34 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(Block(config) for _ in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.tie_weights()
+        self.activation_checkpointing = False  # recompute each block in backward (training only)
+        self._gathered = False  # inside gathered(): blocks run without module hooks
         self.init_buffers()
-        self.apply(self._init_weights)
+        self.init_weights()
 
     def tie_weights(self) -> None:
         if self.config.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
 
     def init_buffers(self, device: torch.device | str | None = None) -> None:
-        """(Re)compute the non-persistent rope buffer: after building on the meta device, or moving."""
+        """(Re)compute the non-persistent rope buffer (fp32): after building on the meta device, or moving."""
         inv_freq, self.rope_scale = rope_inv_freq(self.config, device=device)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def init_weights(self) -> None:
+        """Initialise every parameter as transformers does (normal(0, initializer_range), zero biases, unit
+        norms) and tie the embeddings again: the step after `to_empty(device=...)` on a model built on the
+        meta device, which allocates untied, uninitialised storage."""
+        self.tie_weights()
+        self.apply(self._init_weights)
+
+    def _apply(self, fn, recurse=True):
+        # .to(dtype) / .bfloat16() cast floating buffers too, and to_empty gives tied modules separate
+        # storage: keep rope frequencies fp32 (recomputed where the model now lives) and the tie intact
+        super()._apply(fn, recurse)
+        self.tie_weights()
+        self.init_buffers(self.inv_freq.device)
+        return self
 
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
@@ -328,17 +299,68 @@ class Transformer(nn.Module):
             raise ValueError("a cache in static decode mode needs explicit positions_BT")
 
         h = self.embed_tokens(input_ids_BT)
-        freqs = positions.to(torch.float32)[..., None] * self.inv_freq.float()
+        freqs = positions.to(torch.float32)[..., None] * self.inv_freq
         emb = torch.cat((freqs, freqs), dim=-1)
         cos, sin = (emb.cos() * self.rope_scale).to(h.dtype), (emb.sin() * self.rope_scale).to(h.dtype)
+        ctx.checkpoint = self.activation_checkpointing and torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):
-            h = layer(h, cos, sin, ctx, i)
+            h = layer.forward(h, cos, sin, ctx, i) if self._gathered else layer(h, cos, sin, ctx, i)
         if cache is not None and cache.slot_t is not None:
             cache.slot_t += 1
         elif cache is not None:
             cache.pos += T
         h = self.norm(h)
         return h if return_hidden else self.lm_head(h)
+
+    def token_logprobs(
+        self,
+        hidden: torch.Tensor,
+        targets: torch.Tensor,
+        temperature: float = 1.0,
+        *,
+        return_entropy: bool = False,
+        ignore_index: int = -100,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """log softmax(hidden @ W_lm^T / T)[targets] as fp32 [...] (and the entropy of that distribution),
+        from the model's own LM head (tied or untied) in chunks of tokens: no [tokens x vocab] tensor.
+
+        hidden [..., H] (from `forward(..., return_hidden=True)`), targets [...]; targets equal to
+        ignore_index give 0 and no gradient. Differentiable in hidden and the head's weight.
+        """
+        weight = self.lm_head.weight
+        if _is_dtensor(weight):
+            raise ValueError(
+                "token_logprobs was called on an FSDP2 model whose LM head is sharded: register it as a forward "
+                "method (atlas.distributed.parallelize does; by hand: torch.distributed.fsdp."
+                "register_fsdp_forward_method(model, 'token_logprobs'))"
+            )
+        return linear_token_logprobs(hidden, weight, targets, temperature, ignore_index=ignore_index,
+                                     return_entropy=return_entropy)
+
+    @contextlib.contextmanager
+    def gathered(self) -> Iterator[None]:
+        """Hold every parameter unsharded for the duration and run the blocks without module hooks.
+
+        For generation on an FSDP2 model: FSDP's per-block hooks would reshard (free) each block after
+        every decode step and all-gather it again at the next. Inside, each FSDP module found sharded is
+        unsharded once (`FSDPModule.unshard`, which follows the MixedPrecisionPolicy) and resharded on exit;
+        one found unsharded is left so. No FSDP setting is read or changed, so a model that never ran
+        forward meets its first forward exactly as FSDP would have had it. Call `model.forward(...)`
+        inside, not `model(...)`, whose root hooks would run. Costs one full copy of the parameters per
+        rank for the duration. A no-op wrapper for an unsharded model.
+        """
+        fsdp = _fsdp_module_type()
+        modules = [] if fsdp is None else [m for m in self.modules() if isinstance(m, fsdp)]
+        sharded = [m for m in modules if _holds_sharded(m, fsdp)]
+        for m in sharded:
+            m.unshard()
+        self._gathered = True
+        try:
+            yield
+        finally:
+            self._gathered = False
+            for m in sharded:
+                m.reshard()
 
     def _attention_context(self, B, T, device, attention_mask_BT, cu_seqlens, cache):
         """The attention mask (True = attend) and default positions for one forward."""
@@ -412,3 +434,30 @@ class Transformer(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.embed_tokens.weight.dtype
+
+
+def _fsdp_module_type():
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # a torch build without distributed
+        return None
+    return FSDPModule
+
+
+def _is_dtensor(t: torch.Tensor) -> bool:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:
+        return False
+    return isinstance(t, DTensor)
+
+
+def _holds_sharded(module: nn.Module, fsdp: type) -> bool:
+    """Whether the parameters this FSDP module manages (its own and those of non-FSDP submodules) are
+    registered as sharded DTensors, as FSDP2 leaves them between forwards."""
+    stack, own = [module], []
+    while stack:
+        m = stack.pop()
+        own.extend(m.parameters(recurse=False))
+        stack.extend(c for c in m.children() if not isinstance(c, fsdp))
+    return any(_is_dtensor(p) for p in own)
