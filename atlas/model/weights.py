@@ -4,19 +4,37 @@ Names: an atlas parameter `layers.0.mlp.up_proj.weight` is `model.layers.0.mlp.u
 `lm_head.weight` is the same in both and absent from checkpoints with tied embeddings.
 
 Loading builds the model on the meta device and assigns tensors read straight from the safetensors files
-(cast to the target dtype on the target device), so parameters are allocated once. Pickle checkpoints
+(cast to the target dtype on the target device), so parameters are allocated once. `open_checkpoint`
+validates a checkpoint against its config from the file headers alone and then yields its tensors one at
+a time, which is also how `atlas.distributed.load_pretrained` fills a sharded model. Pickle checkpoints
 (`.bin`, `.pt`) are refused: unpickling runs arbitrary code.
 
-Left out: DTensor/FSDP-sharded saving (checkpoint.py consolidates before calling save_pretrained),
-quantised checkpoints, generation_config.json.
+Saving (`save_pretrained`) is atomic, durable and streamed:
+- atomic: the new checkpoint is written to a sibling temp directory and swapped with the old one in one
+  step (Linux `renameat2(RENAME_EXCHANGE)`), then the old one is deleted, so at every instant `out_dir` is
+  the old complete checkpoint or the new complete one, and stays a real directory (`cp -r`, `rsync`
+  and serving see plain files). Where the exchange is unavailable (not Linux, or a filesystem without
+  it) the old directory is renamed aside, then the new one in: a crash between the two renames leaves
+  the old checkpoint complete at `.<name>.old-*` beside it;
+- durable: every file and the directories are fsynced before the swap;
+- streamed: tensors are copied to the host one shard (`max_shard_bytes`) at a time, so host memory stays
+  near one shard, not the whole model;
+- FSDP2: called on every rank, each sharded parameter is gathered in full (`DTensor.full_tensor`, a
+  collective), rank 0 writes, the others wait at a barrier.
+
+Left out: quantised checkpoints, generation_config.json, pickle formats.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
+import sys
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -90,45 +108,60 @@ def weight_files(directory: Path) -> list[Path]:
     raise ValueError(f"no {SINGLE_FILE} or {INDEX_FILE} in {directory}")
 
 
-def from_pretrained(
-    path_or_hub_id: str | os.PathLike,
-    dtype: torch.dtype | None = None,
-    device: torch.device | str | None = None,
-) -> Transformer:
-    """Load an HF-format Llama/Qwen2/Qwen3 checkpoint.
+@dataclass
+class Checkpoint:
+    """A validated HF checkpoint: its config and where each of the model's tensors is stored."""
 
-    dtype defaults to the checkpoint's, as transformers' torch_dtype="auto" reads it: config.json's
-    `torch_dtype`/`dtype`, else the first floating-point tensor's stored dtype.
-    """
+    directory: Path
+    config: ModelConfig
+    location: dict[str, Path]  # HF tensor name -> file
+    stored_dtype: torch.dtype | None
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The default load dtype, as transformers' torch_dtype="auto" reads it: config.json's
+        `torch_dtype`/`dtype`, else the first floating-point tensor's stored dtype."""
+        return self.config.dtype or self.stored_dtype or torch.float32
+
+    def tensors(self, device: torch.device | str = "cpu") -> Iterator[tuple[str, torch.Tensor]]:
+        """(atlas parameter name, stored tensor on `device`), one tensor at a time, file by file."""
+        for file in sorted(set(self.location.values())):
+            with safe_open(str(file), framework="pt", device=str(device)) as f:
+                for key in (k for k, v in self.location.items() if v == file):
+                    yield atlas_name(key), f.get_tensor(key)
+
+
+def atlas_name(hf: str) -> str:
+    return hf if hf.startswith("lm_head.") else hf.removeprefix("model.")
+
+
+def open_checkpoint(path_or_hub_id: str | os.PathLike) -> Checkpoint:
+    """Resolve and validate a checkpoint from its config and the safetensors headers (no tensor is read):
+    missing keys, unexpected keys and shape mismatches are listed in one ValueError."""
     directory = resolve(path_or_hub_id)
     config_path = directory / "config.json"
     if not config_path.exists():
         raise ValueError(f"no config.json in {directory}")
     config = ModelConfig.from_hf(json.loads(config_path.read_text()))
-    device = torch.device(device if device is not None else "cpu")
-    files = weight_files(directory)
-
     with torch.device("meta"):
-        model = Transformer(config)
-    expected = {hf_name(n): p for n, p in model.named_parameters()}  # tied weights appear once
-    # first pass reads only headers, so a bad checkpoint fails before any tensor is allocated
+        expected = {hf_name(n): tuple(p.shape) for n, p in Transformer(config).named_parameters()}
     location: dict[str, Path] = {}
     unexpected, mismatched = [], []
     stored_dtype = None
-    for file in files:
+    for file in weight_files(directory):
         with safe_open(str(file), framework="pt", device="cpu") as f:
             for key in f.keys():  # noqa: SIM118 (safe_open is not a dict)
                 if key.endswith(_IGNORED_SUFFIXES):
                     continue
-                if key not in expected:
+                if key not in expected:  # tied weights appear once in named_parameters
                     # a tied checkpoint may still store lm_head.weight: it is the embedding, nothing is lost
                     if not (config.tie_word_embeddings and key == "lm_head.weight"):
                         unexpected.append(key)
                     continue
                 view = f.get_slice(key)
                 shape = tuple(view.get_shape())
-                if shape != tuple(expected[key].shape):
-                    mismatched.append(f"{key}: checkpoint {shape} vs model {tuple(expected[key].shape)}")
+                if shape != expected[key]:
+                    mismatched.append(f"{key}: checkpoint {shape} vs model {expected[key]}")
                     continue
                 stored_dtype = stored_dtype or _SAFETENSORS_DTYPES.get(view.get_dtype())
                 location[key] = file
@@ -140,14 +173,22 @@ def from_pretrained(
             + (f"\n  unexpected: {sorted(unexpected)}" if unexpected else "")
             + (f"\n  shape mismatch: {mismatched}" if mismatched else "")
         )
+    return Checkpoint(directory, config, location, stored_dtype)
 
-    dtype = dtype or config.dtype or stored_dtype or torch.float32
-    by_name = {hf_name(n): n for n, _ in model.named_parameters()}
-    params = {}
-    for file in files:
-        with safe_open(str(file), framework="pt", device=str(device)) as f:
-            for key in (k for k, v in location.items() if v == file):
-                params[by_name[key]] = f.get_tensor(key).to(dtype)
+
+def from_pretrained(
+    path_or_hub_id: str | os.PathLike,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> Transformer:
+    """Load an HF-format Llama/Qwen2/Qwen3 checkpoint (dtype: the checkpoint's by default, see
+    `Checkpoint.dtype`). For a sharded model under torchrun, use atlas.distributed.load_pretrained."""
+    ckpt = open_checkpoint(path_or_hub_id)
+    device = torch.device(device if device is not None else "cpu")
+    dtype = dtype or ckpt.dtype
+    with torch.device("meta"):
+        model = Transformer(ckpt.config)
+    params = {name: t.to(dtype) for name, t in ckpt.tensors(device)}
     model.load_state_dict(params, strict=False, assign=True)
     model.tie_weights()  # assign=True replaced the shared Parameter: share it again
     model.init_buffers(device)
@@ -159,58 +200,125 @@ def save_pretrained(
     out_dir: str | os.PathLike,
     tokenizer=None,
     max_shard_bytes: int = 5 * 2**30,
+    dtype: torch.dtype | None = None,
 ) -> Path:
-    """Write config.json + safetensors (sharded with an index above `max_shard_bytes`) atomically.
+    """Write config.json + safetensors (sharded with an index above `max_shard_bytes`) atomically; see the
+    module docstring for the guarantees. `tokenizer` (an atlas Tokenizer) is written alongside, so the
+    directory serves as is in vLLM/transformers. `dtype` casts the weights on the way out (e.g. bf16 for
+    serving from fp32 master weights); by default they keep the parameters' dtype. On an FSDP2 model
+    every rank must call it (the parameters are gathered collectively); every rank returns the path."""
+    import torch.distributed as dist
 
-    The directory appears complete or not at all: everything is written to a sibling temp directory that
-    is renamed into place (an existing `out_dir` is replaced). `tokenizer` is an atlas Tokenizer whose
-    files are copied alongside, so the directory serves as is in vLLM/transformers.
-    """
+    distributed = dist.is_available() and dist.is_initialized()
+    writer = not distributed or dist.get_rank() == 0
     out = Path(out_dir).expanduser().absolute()
-    out.parent.mkdir(parents=True, exist_ok=True)
+    params = list(model.named_parameters())  # a tied weight appears once (as embed_tokens): the HF layout
+    dtype = dtype or _local(params[0][1]).dtype
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
     try:
-        config = model.config.to_hf()
-        config["torch_dtype"] = str(model.dtype).removeprefix("torch.")
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        _write_weights(model, tmp, max_shard_bytes)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(out, old)
-            os.rename(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.rename(tmp, out)
+        if writer:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp.mkdir()
+            config = model.config.to_hf()
+            config["torch_dtype"] = str(dtype).removeprefix("torch.")
+            (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+        _write_weights(params, tmp, max_shard_bytes, dtype, writer)
+        if writer:
+            _fsync_tree(tmp)
+            _swap_into_place(tmp, out)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if writer:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        if distributed:
+            dist.barrier()
     return out
 
 
-def _write_weights(model: Transformer, directory: Path, max_shard_bytes: int) -> None:
-    # named_parameters() yields a tied weight once (as embed_tokens), which is the HF layout
-    tensors = {hf_name(n): p.detach().contiguous().cpu() for n, p in model.named_parameters()}
-    shards: list[dict[str, torch.Tensor]] = [{}]
+def _local(p: torch.Tensor) -> torch.Tensor:
+    return p.to_local() if hasattr(p, "full_tensor") else p
+
+
+def _write_weights(params: list[tuple[str, torch.Tensor]], directory: Path, max_shard_bytes: int,
+                   dtype: torch.dtype, writer: bool) -> None:
+    """Plan the shards from shapes alone, then materialise one shard at a time on the host."""
+    nbytes = dtype.itemsize
+    plan: list[list[tuple[str, torch.Tensor]]] = [[]]
     size = 0
-    for name, t in tensors.items():
-        nbytes = t.numel() * t.element_size()
-        if shards[-1] and size + nbytes > max_shard_bytes:
-            shards.append({})
+    for name, p in params:
+        b = p.numel() * nbytes
+        if plan[-1] and size + b > max_shard_bytes:
+            plan.append([])
             size = 0
-        shards[-1][name] = t
-        size += nbytes
+        plan[-1].append((hf_name(name), p))
+        size += b
     metadata = {"format": "pt"}
-    if len(shards) == 1:
-        save_file(shards[0], str(directory / SINGLE_FILE), metadata=metadata)
-        return
+    names = [SINGLE_FILE] if len(plan) == 1 else [
+        f"model-{i:05d}-of-{len(plan):05d}.safetensors" for i in range(1, len(plan) + 1)]
     weight_map = {}
-    for i, shard in enumerate(shards, 1):
-        fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, str(directory / fname), metadata=metadata)
-        weight_map.update(dict.fromkeys(shard, fname))
-    total = sum(t.numel() * t.element_size() for t in tensors.values())
-    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    (directory / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+    for fname, shard in zip(names, plan):
+        tensors = {}
+        for key, p in shard:
+            # a DTensor is gathered in full by every rank (a collective); only the writer keeps it
+            full = p.detach().full_tensor() if hasattr(p, "full_tensor") else p.detach()
+            if writer:
+                tensors[key] = full.to(device="cpu", dtype=dtype).contiguous()
+        if writer:
+            save_file(tensors, str(directory / fname), metadata=metadata)
+            weight_map.update(dict.fromkeys(tensors, fname))
+        del tensors
+    if writer and len(plan) > 1:
+        total = sum(p.numel() for _, p in params) * nbytes
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (directory / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+
+
+def _fsync_tree(directory: Path) -> None:
+    for path in directory.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+    _fsync_dir(directory)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _swap_into_place(new: Path, out: Path) -> None:
+    """Make `new` be `out`: one atomic exchange where the OS has it, else two renames (see the docstring)."""
+    if not out.exists():
+        os.rename(new, out)
+    elif not out.is_dir():
+        raise ValueError(f"{out} exists and is not a directory: pass a directory path for the checkpoint")
+    elif _exchange(new, out):
+        shutil.rmtree(new)  # `new` now holds the old checkpoint
+    else:
+        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(out, old)
+        os.rename(new, out)
+        shutil.rmtree(old)
+    _fsync_dir(out.parent)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two directories (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    if not hasattr(libc, "renameat2"):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if libc.renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (22, 38, 95):  # EINVAL / ENOSYS / EOPNOTSUPP: this kernel or filesystem has no exchange
+        return False
+    raise OSError(err, f"renameat2({a}, {b}, RENAME_EXCHANGE) failed: {os.strerror(err)}")
