@@ -1,13 +1,15 @@
 """KV-cached batched sampling on the trainer's own model object.
 
 There is no second copy of the weights and no second implementation of the numerics: the sampler calls
-the same `Transformer.forward` the trainer calls, and scores sampled tokens with the same kernel the
-trainer uses (`atlas.kernels.token_logprobs`), so `Completion.logprobs` are the numbers the trainer
-recomputes for the same tokens (up to batch-shape effects on floating-point reductions).
+the same `Transformer.forward` the trainer calls, and scores sampled tokens with the same row math the
+trainer's `model.token_logprobs` uses (logits in the model dtype, cast to fp32, times 1/T, log-softmax),
+so `Completion.logprobs` are the numbers the trainer recomputes for the same tokens, up to the
+floating-point difference between a KV-cached decode step and a full forward (measured in BENCHMARKS.md:
+0 in fp32 to 1e-5, and what it is in bf16).
 
 Per generate call, for P prompts and n samples each (B = P * n rows, prompt-major):
-1. one static KV cache [L, B, KVH, S, D], S = longest prompt + max_new_tokens; prompts left-padded so every
-   row writes the same slot each step;
+1. one static KV cache (a [B, KVH, S, D] key and value tensor per layer), S = longest prompt +
+   max_new_tokens; prompts left-padded so every row writes the same slot each step;
 2. prefill each prompt once, into rows 0, n, 2n, ... of the cache (a strided view), then copy those rows
    into their group's other n - 1 rows: GRPO's one prompt, G completions, at the cost of one prefill;
 3. decode: sample from the last logits, append, feed back. Rows that finish (a stop token, EOS unless
@@ -15,8 +17,17 @@ Per generate call, for P prompts and n samples each (B = P * n rows, prompt-majo
 
 Sampling, per row, on the temperature-scaled logits z / T: top-k, then top-p (smallest set whose
 probability reaches p), then min-p (drop tokens below min_p * max prob); a token is drawn from the
-renormalised remainder with the exponential-race trick argmax(p / E), E ~ Exp(1) drawn from an explicit
-`torch.Generator` (same seed, same device -> same tokens; no host sync). temperature = 0 is greedy.
+renormalised remainder by inverting its CDF at a uniform u: the first token whose cumulative probability
+exceeds u. temperature = 0 is greedy.
+
+Randomness: the u of sample j of prompt i at decode step t is a hash of (prompt_seeds[i], j, t) only
+(`uniforms`: a 32-bit integer mixer run on two lanes, in int64 arithmetic that never overflows, on the
+device, for all steps at once). So the tokens a row draws do not depend on its position in the batch,
+on which other prompts share the batch, on compaction, `check_every` or compile, nor on how prompts
+are split over ranks: rank r sampling its share of prompts with their global seeds reproduces a
+1-process run. Default seeds derive from `params.seed` and the prompt index (from torch's global RNG
+when `seed` is None). The CDF is summed in fp32: a token's chance is exact to about 6e-8 in absolute
+terms, and u has 24 bits.
 
 Two log-probabilities per sampled token:
 - `logprobs`: log softmax(z / T)[token] over the *full* vocabulary (T = 1 for greedy): what the trainer
@@ -24,10 +35,11 @@ Two log-probabilities per sampled token:
 - `sampled_logprobs`: under the truncated distribution actually sampled from (equal to `logprobs`
   without top-k/top-p/min-p), so importance ratios under truncation can be made exact.
 
-FSDP2: a sharded model is gathered once for the whole call (`unshard()` on every FSDP module, with
-resharding after forward switched off until the end), not per decode step. That costs one full copy of
-the parameters per rank for the duration of generation, on top of the sharded ones, plus the KV cache
-(2 * L * B * S * KVH * D * bytes).
+FSDP2: the whole generation runs inside `model.gathered()`: each sharded FSDP module is all-gathered
+once (public `FSDPModule.unshard`, so mixed precision applies) and resharded at the end, and the forward
+passes run without FSDP's per-module hooks, so no FSDP setting is read or changed and a model that has
+never run forward is left exactly as found. That costs one full copy of the parameters per rank for the
+duration of generation, on top of the sharded ones, plus the KV cache (2 * L * B * S * KVH * D * bytes).
 
 `compile=True` compiles the decode step (model forward + LM head for one token per row) once with
 torch.compile, gpt-fast style: the cache switches to fixed shapes after prefill (`start_static_decode`:
@@ -47,15 +59,12 @@ to avoid a host sync per token; on CPU every step.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
 
 from atlas.kernels import token_logprobs
-from atlas.model.transformer import KVCache, Transformer
+from atlas.model import KVCache, Transformer
 
 
 @dataclass
@@ -121,7 +130,10 @@ class Sampler:
         self._cache: KVCache | None = None  # compile=True: the last KV cache, reused while its shape fits
 
     @torch.no_grad()
-    def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> list[Completion]:
+    def generate(self, prompt_ids: list[list[int]], params: SamplingParams,
+                 prompt_seeds: list[int] | None = None) -> list[Completion]:
+        """n completions per prompt, prompt-major. prompt_seeds[i] (any int) fixes prompt i's random
+        streams; by default they derive from params.seed and i."""
         config, device = self.model.config, self.model.device
         self._check_prompts(prompt_ids)
         P, n = len(prompt_ids), params.n
@@ -133,13 +145,9 @@ class Sampler:
                 f"longest prompt ({Tp}) + max_new_tokens ({params.max_new_tokens}) exceeds the model's "
                 f"max_position_embeddings ({config.max_position_embeddings}); shorten one of them"
             )
+        seeds = _prompt_seeds(prompt_seeds, P, params.seed)
         stop_ids = set(params.stop_token_ids or []) | (set() if params.ignore_eos else set(self.eos_token_ids))
         stop = torch.tensor(sorted(stop_ids) or [-1], device=device)
-        gen = torch.Generator(device=device)
-        if params.seed is None:
-            gen.seed()
-        else:
-            gen.manual_seed(params.seed)
         check_every = self.check_every or (8 if device.type == "cuda" else 1)
 
         ids_PT = torch.zeros(P, Tp, dtype=torch.long, device=device)
@@ -147,20 +155,21 @@ class Sampler:
         for i, p in enumerate(prompt_ids):
             ids_PT[i, Tp - len(p):] = torch.tensor(p, device=device)
             mask_PT[i, Tp - len(p):] = 1
+        u_BT = None if params.temperature == 0 else uniforms(seeds, n, params.max_new_tokens, device)
 
         max_len = Tp + params.max_new_tokens
         if self.compile:
             max_len = min(-(-max_len // 64) * 64, config.max_position_embeddings)
-        with _gathered(self.model):
-            cache = self._kv_cache(B, max_len)
+        with self.model.gathered():
+            cache = self._kv_cache(B, max_len)  # after gathering: the dtype FSDP computes in
             prefill = cache.every_nth_row(n)
-            hidden = self.model(ids_PT, attention_mask_BT=mask_PT, cache=prefill, return_hidden=True)
+            hidden = self.model.forward(ids_PT, attention_mask_BT=mask_PT, cache=prefill, return_hidden=True)
             _broadcast_groups(cache, prefill, n)
             logits_BV = self.model.lm_head(hidden[:, -1]).repeat_interleave(n, dim=0)
             if self.compile:
                 cache.start_static_decode()
             tokens_BT, logp_BT, slogp_BT, ended_at_B = self._decode(
-                logits_BV, cache, torch.tensor(lengths, device=device).repeat_interleave(n), params, stop, gen,
+                logits_BV, cache, torch.tensor(lengths, device=device).repeat_interleave(n), params, stop, u_BT,
                 check_every,
             )
         return self._completions(tokens_BT, logp_BT, slogp_BT, ended_at_B, n, params)
@@ -183,7 +192,7 @@ class Sampler:
             self._cache = cache
         return cache
 
-    def _decode(self, logits_BV, cache, prompt_len_B, params, stop, gen, check_every):
+    def _decode(self, logits_BV, cache, prompt_len_B, params, stop, u_BT, check_every):
         """The decode loop; returns tokens/logprobs [B, max_new] and each row's stop step (-1: ran out)."""
         B, device, steps = logits_BV.shape[0], logits_BV.device, params.max_new_tokens
         tokens_BT = torch.zeros(B, steps, dtype=torch.long, device=device)
@@ -193,7 +202,7 @@ class Sampler:
         rows = torch.arange(B, device=device)  # original row of each live cache row
         live_stop = torch.full((B,), -1, dtype=torch.long, device=device)
         for t in range(steps):
-            token_b, logp_b, slogp_b = sample(logits_BV, params, gen)
+            token_b, logp_b, slogp_b = sample(logits_BV, params, None if u_BT is None else u_BT[rows, t])
             tokens_BT[rows, t] = token_b
             logp_BT[rows, t] = logp_b
             if params.truncates:
@@ -217,7 +226,7 @@ class Sampler:
 
     def _forward_step(self, tokens_B1: torch.Tensor, positions_B1: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """One decode step: next-token logits [B, V] for one token per row."""
-        hidden = self.model(tokens_B1, positions_BT=positions_B1, cache=cache, return_hidden=True)
+        hidden = self.model.forward(tokens_B1, positions_BT=positions_B1, cache=cache, return_hidden=True)
         return self.model.lm_head(hidden[:, 0])
 
     def _completions(self, tokens_BT, logp_BT, slogp_BT, ended_at_B, n, params) -> list[Completion]:
@@ -245,18 +254,21 @@ class Sampler:
                 raise ValueError(f"prompt {i} has token ids outside [0, {vocab})")
 
 
-def sample(logits_BV: torch.Tensor, params: SamplingParams, gen: torch.Generator):
-    """Draw one token per row; return (tokens [B], full-distribution logprobs [B], sampled-distribution ones)."""
+def sample(logits_BV: torch.Tensor, params: SamplingParams, u_B: torch.Tensor | None):
+    """Draw one token per row at the uniforms u_B (None: greedy); return (tokens [B], full-distribution
+    logprobs [B], sampled-distribution ones)."""
     if params.temperature == 0:
         token_b = logits_BV.argmax(-1)
         logp_b = token_logprobs(logits_BV, token_b)
         return token_b, logp_b, logp_b
-    z_BV = logits_BV.float() / params.temperature
+    z_BV = logits_BV.float() * (1.0 / params.temperature)  # the row math of token_logprobs
     if params.truncates:
         z_BV = truncate(z_BV, params)
     probs_BV = z_BV.softmax(-1)
-    noise_BV = torch.empty_like(probs_BV).exponential_(1, generator=gen)
-    token_b = (probs_BV / noise_BV).argmax(-1)
+    cdf_BV = probs_BV.cumsum(-1)
+    # the first token whose cumulative probability exceeds u * total: never one of probability 0
+    token_b = torch.searchsorted(cdf_BV, (u_B * cdf_BV[:, -1])[:, None], right=True).squeeze(1)
+    token_b = token_b.clamp_(max=logits_BV.shape[-1] - 1)
     logp_b = token_logprobs(logits_BV, token_b, temperature=params.temperature)
     slogp_b = probs_BV.gather(-1, token_b[:, None]).squeeze(-1).log() if params.truncates else logp_b
     return token_b, logp_b, slogp_b
@@ -280,6 +292,58 @@ def truncate(z_BV: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     return z_BV
 
 
+# Counter-based randomness. Words are 32-bit values held in int64 (python ints or tensors alike): the
+# products below stay under 2^49, so nothing relies on integer overflow.
+_M32 = 0xFFFFFFFF
+_LANES = (0x243F6A88, 0x85A308D3)  # the two lanes' initial states (digits of pi)
+
+
+def _mul32(x, c: int):
+    """(x * c) mod 2^32, in 16-bit halves of c."""
+    return (x * (c & 0xFFFF) + (((x * (c >> 16)) & 0xFFFF) << 16)) & _M32
+
+
+def _mix32(x):
+    """lowbias32 (C. Wellons): a bijection of 32-bit words with full avalanche."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def _hash(*words: int) -> tuple[int, int]:
+    """Two 32-bit lanes over a sequence of integers of up to 64 bits (split into low/high words)."""
+    lanes = []
+    for h in _LANES:
+        for w in words:
+            w &= (1 << 64) - 1
+            h = _mix32(_mix32(h ^ (w & _M32)) ^ (w >> 32))
+        lanes.append(h)
+    return lanes[0], lanes[1]
+
+
+def _prompt_seeds(prompt_seeds: list[int] | None, P: int, seed: int | None) -> list[int]:
+    if prompt_seeds is not None:
+        if len(prompt_seeds) != P or not all(isinstance(s, int) and not isinstance(s, bool) for s in prompt_seeds):
+            raise ValueError(f"prompt_seeds must be a list of {P} ints (one per prompt), got {prompt_seeds!r}")
+        return list(prompt_seeds)
+    base = int(torch.randint(0, 2**62, ())) if seed is None else seed
+    a, b = zip(*(_hash(base, i) for i in range(P))) if P else ((), ())
+    return [x << 32 | y for x, y in zip(a, b)]
+
+
+def uniforms(prompt_seeds: list[int], n: int, steps: int, device: torch.device | str) -> torch.Tensor:
+    """u [P * n, steps] in [0, 1) (fp32, 24 bits): row i * n + j, column t depends on
+    (prompt_seeds[i], j, t) alone."""
+    keys = [_hash(s, j) for s in prompt_seeds for j in range(n)]
+    a_B1 = torch.tensor([k[0] for k in keys], dtype=torch.long, device=device)[:, None]
+    b_B1 = torch.tensor([k[1] for k in keys], dtype=torch.long, device=device)[:, None]
+    t_1T = torch.arange(steps, dtype=torch.long, device=device)[None]
+    h_BT = _mix32(_mix32(a_B1 ^ t_1T) ^ b_B1)
+    return (h_BT >> 8).float() * 2.0**-24
+
+
 def _broadcast_groups(cache: KVCache, prefill: KVCache, n: int) -> None:
     """Copy each prompt's prefilled row into its group's other n - 1 rows."""
     if n > 1:
@@ -289,30 +353,3 @@ def _broadcast_groups(cache: KVCache, prefill: KVCache, n: int) -> None:
             groups[:, 1:] = groups[:, :1]
         cache.valid_BS.view(B // n, n, S)[:, 1:] = cache.valid_BS.view(B // n, n, S)[:, :1]
     cache.pos, cache.has_pad = prefill.pos, prefill.has_pad
-
-
-@contextlib.contextmanager
-def _gathered(model: nn.Module) -> Iterator[None]:
-    """Unshard an FSDP2 model once for a whole generation; a no-op for an unsharded model.
-
-    Each module's reshard-after-forward is restored as a bool: an int setting (resharding to a smaller
-    mesh) comes back as True.
-    """
-    try:
-        from torch.distributed.fsdp import FSDPModule
-    except ImportError:  # a torch build without distributed
-        yield
-        return
-    modules = [m for m in model.modules() if isinstance(m, FSDPModule)]
-    # restore each module's own setting afterwards (torchtitan keeps the root gathered after forward)
-    groups = [m._get_fsdp_state()._fsdp_param_group for m in modules]  # None: the module owns no parameters
-    before = [g is None or g.post_forward_mesh_info is not None for g in groups]
-    for m in modules:
-        m.set_reshard_after_forward(False, recurse=False)
-        m.unshard()
-    try:
-        yield
-    finally:
-        for m, reshard in zip(modules, before):
-            m.reshard()
-            m.set_reshard_after_forward(reshard, recurse=False)

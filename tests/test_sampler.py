@@ -54,7 +54,9 @@ def test_logprobs_equal_the_trainers_full_forward(pair, temperature):
     for out in outs:
         ref = _full_logprobs(model, prompts[out.prompt_index], out.token_ids, temperature or 1.0)
         assert torch.allclose(torch.tensor(out.logprobs, dtype=torch.float64), ref, atol=2e-4)
-        assert out.sampled_logprobs == out.logprobs  # no truncation
+        # no truncation: the sampled distribution is the full one (checked against the float64 reference,
+        # not against out.logprobs, which is the same buffer in that case)
+        assert torch.allclose(torch.tensor(out.sampled_logprobs, dtype=torch.float64), ref, atol=2e-4)
 
 
 def test_ragged_batch_equals_each_prompt_alone(pair):
@@ -191,15 +193,23 @@ def test_bad_sampling_params(params, message):
         SamplingParams(**params)
 
 
+def _stops_that_end_rows_early(model, prompts, params):
+    """Stop ids taken from free-running samples, so that some rows really stop (and are compacted) early."""
+    free = Sampler(model).generate(prompts, params)
+    return sorted({free[0].token_ids[2], free[3].token_ids[5]})
+
+
 @pytest.mark.slow
 def test_compiled_decode_equals_eager(pair):
-    """compile=True (fixed-shape cache, torch.compile'd step) samples the same tokens with the same logprobs."""
+    """compile=True (fixed-shape cache, torch.compile'd step, no compaction) samples the same tokens with the
+    same logprobs as eager (which compacts finished rows)."""
     _, model = pair
     prompts = _prompts([4, 13, 9], seed=13)
-    params = SamplingParams(max_new_tokens=12, temperature=0.8, n=2, seed=3, stop_token_ids=[5, 6, 7])
+    params = SamplingParams(max_new_tokens=12, temperature=0.8, n=2, seed=3)
+    params.stop_token_ids = _stops_that_end_rows_early(model, prompts, params)
     others = _prompts([7, 11, 3], seed=14)  # the same (rows, rounded cache length): reuses step and cache
     compiled = Sampler(model, compile=True)
-    graphs, caches = [], []
+    graphs, caches, early = [], [], 0
     for batch in (prompts, prompts, others):
         outs = compiled.generate(batch, params)
         graphs.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
@@ -207,5 +217,51 @@ def test_compiled_decode_equals_eager(pair):
         for a, b in zip(Sampler(model).generate(batch, params), outs):
             assert a.token_ids == b.token_ids and a.finish_reason == b.finish_reason
             assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-4)
+            early += a.finish_reason == "stop" and len(a.token_ids) < params.max_new_tokens
+    assert early >= 2, "no row stopped early: compaction (where the paths differ) was not exercised"
     assert graphs[0] == graphs[1] == graphs[2], "a later call recompiled the decode step"
     assert caches[0] is caches[1] is caches[2]
+
+
+def test_seeded_streams_ignore_check_every_and_compaction(pair):
+    """The same seeds give the same tokens whether finished rows are compacted every step or every 8th."""
+    _, model = pair
+    prompts = _prompts([4, 13, 9, 6], seed=15)
+    params = SamplingParams(max_new_tokens=14, temperature=1.0, n=3, seed=7)
+    params.stop_token_ids = _stops_that_end_rows_early(model, prompts, params)
+    every = Sampler(model, check_every=1).generate(prompts, params)
+    eighth = Sampler(model, check_every=8).generate(prompts, params)
+    assert [o.token_ids for o in every] == [o.token_ids for o in eighth]
+    assert sum(o.finish_reason == "stop" and len(o.token_ids) < 8 for o in every) >= 2  # compacted before step 8
+
+
+def test_a_prompt_samples_the_same_alone_or_among_others(pair):
+    _, model = pair
+    prompts = _prompts([5, 18, 7], seed=16)
+    params = SamplingParams(max_new_tokens=10, temperature=1.2, n=2)
+    together = Sampler(model).generate(prompts, params, prompt_seeds=[101, 202, 303])
+    alone = Sampler(model).generate([prompts[1]], params, prompt_seeds=[202])
+    first_two = Sampler(model).generate([prompts[2], prompts[1]], params, prompt_seeds=[303, 202])
+    assert [o.token_ids for o in together[2:4]] == [o.token_ids for o in alone] == [
+        o.token_ids for o in first_two[2:4]]
+    assert together[2].token_ids != together[3].token_ids  # the group's samples draw their own streams
+    # default seeds derive from params.seed and the prompt's index
+    seeded = SamplingParams(max_new_tokens=10, temperature=1.2, n=2, seed=5)
+    assert [o.token_ids for o in Sampler(model).generate(prompts, seeded)] == [
+        o.token_ids for o in Sampler(model).generate(prompts, seeded)]
+    with pytest.raises(ValueError, match="prompt_seeds"):
+        Sampler(model).generate(prompts, params, prompt_seeds=[1, 2])
+
+
+def test_uniforms_are_uniform_and_independent_across_rows_and_steps():
+    from atlas.sampler import uniforms
+
+    u = uniforms(list(range(64)), 4, 256, "cpu").double()  # 256 rows x 256 steps
+    assert u.min() >= 0 and u.max() < 1
+    # mean and variance of U(0, 1) within 5 standard errors, and no correlation between neighbours
+    n = u.numel()
+    assert abs(u.mean().item() - 0.5) < 5 * (1 / 12 / n) ** 0.5
+    assert abs(u.var().item() - 1 / 12) < 5 * 0.0745 / n ** 0.5
+    for a, b in ((u[:, 1:], u[:, :-1]), (u[1:], u[:-1])):
+        corr = torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1].item()
+        assert abs(corr) < 5 / a.numel() ** 0.5
