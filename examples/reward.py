@@ -8,7 +8,8 @@
     python examples/reward.py --base-url http://localhost:8000/v1 --model small --arbiter-model large \
            --judges accuracy helpfulness --context teaching="Multiply 17 by 3 in two steps." reference=51
 
-    # or an atlas checkpoint in this process (both tiers use it)
+    # or an atlas checkpoint in this process (both tiers use it); --chat-template chatml (or the template's
+    # Jinja text) for a checkpoint that ships none
     python examples/reward.py --local Qwen/Qwen2.5-0.5B-Instruct
 
 Without flags it scores an embedded question and answer. Settings come from --config (a RIMConfig YAML
@@ -73,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--judges", nargs="+", help="active judges (default: accuracy process)")
     parser.add_argument("--aggregation", choices=("mean", "min_uncertainty"))
     parser.add_argument("--local", metavar="PATH_OR_HUB_ID", help="judge with an atlas checkpoint in-process")
+    parser.add_argument("--chat-template", metavar="TEMPLATE",
+                        help="with --local: 'chatml' or a Jinja template's text, replacing the checkpoint's")
     args = parser.parse_args(argv)
 
     overrides = {k: v for k, v in {
@@ -80,15 +83,15 @@ def main(argv: list[str] | None = None) -> int:
         "active_judges": tuple(args.judges) if args.judges else None, "aggregation": args.aggregation,
     }.items() if v is not None}
     client = None
-    if args.local:
-        import atlas.model as am
-        from atlas.reward.local import LocalChatClient
-
-        overrides.setdefault("small_model", args.local)
-        overrides.setdefault("large_model", args.local)
-        client = LocalChatClient({args.local: (am.from_pretrained(args.local),
-                                               am.Tokenizer.from_pretrained(args.local))})
     try:
+        if args.local:
+            import atlas.model as am
+            from atlas.reward.local import LocalChatClient
+
+            overrides.setdefault("small_model", args.local)
+            overrides.setdefault("large_model", args.local)
+            tokenizer = am.Tokenizer.from_pretrained(args.local, chat_template=args.chat_template)
+            client = LocalChatClient({args.local: (am.from_pretrained(args.local), tokenizer)})
         rim = RIM(RIMConfig.load(args.config, **overrides), client=client)
     except ValueError as e:
         print(f"error: {e}\n(or give --base-url/--model/--arbiter-model, or --local PATH)", file=sys.stderr)

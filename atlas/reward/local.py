@@ -33,6 +33,11 @@ class LocalChatClient:
     def __init__(self, models: dict[str, tuple[Any, Any]], seed: int | None = None):
         if not models:
             raise ValueError("LocalChatClient needs models={'name': (atlas model, atlas tokenizer)}")
+        for name, (_, tokenizer) in models.items():
+            if tokenizer.chat_template is None:  # every request is rendered with it: say so before judging
+                raise ValueError(
+                    f"the tokenizer for {name!r} has no chat template; load it with "
+                    "Tokenizer.from_pretrained(path, chat_template='chatml' or the template's Jinja text)")
         self.models = {name: (Sampler(model, tokenizer), model, tokenizer)
                        for name, (model, tokenizer) in models.items()}
         self.seed = seed

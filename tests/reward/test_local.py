@@ -83,3 +83,9 @@ def test_unknown_model_and_too_long_prompt_are_per_request_errors(judge):
     assert client.generate_calls == 1
     with pytest.raises(ValueError, match="needs models"):
         LocalChatClient({})
+
+
+def test_a_tokenizer_without_a_chat_template_is_refused_up_front(judge, tmp_path):
+    bare = am.Tokenizer.from_pretrained(build_tokenizer(tmp_path, style="chatml", chat_template=None))
+    with pytest.raises(ValueError, match="'judge' has no chat template.*chat_template='chatml'"):
+        LocalChatClient({"judge": (judge[0], bare)})
