@@ -1,21 +1,24 @@
 """Runtime traces in: sessions from the SDK's JSONL exports or its Postgres store, and training examples.
 
     from atlas.data import load_sessions, Session
-    for session in load_sessions("traces.jsonl", min_reward=0.8):   # approved sessions only by default
+    sessions = load_sessions("traces.jsonl", min_reward=0.8)        # approved sessions only by default
+    for session in sessions:
         session.task, session.final_answer, session.reward, session.steps
 
-Modules: schema.py (Session/Step/TrajectoryEvent, one parser for both sources), gating.py (filters and
-the exclusion report), jsonl.py and postgres.py (the two readers), traces.py (`load_sessions`),
-datasets.py (sessions -> GRPO/GKD examples, dedup, train/eval split), stats.py (`atlas traces stats`).
+    sessions.excluded                                                # by reason, once iterated
+
+Modules: schema.py (Session/Step/TrajectoryEvent, one parser for both sources), filters.py (the session
+filters, written once for Python and SQL), jsonl.py and postgres.py (the two readers), traces.py
+(`load_sessions` and the `Sessions` it returns), datasets.py (sessions -> GRPO/GKD examples, dedup,
+train/eval split), stats.py (`atlas traces stats`).
 Nothing here tokenizes: examples carry chat messages; the tokenizer lives in atlas.model.
 """
 
 from atlas.data.datasets import Example, ExampleSplit, build_prompt, gkd_examples, grpo_examples
-from atlas.data.gating import LoadReport, SessionFilter
 from atlas.data.schema import Session, Step, TrajectoryEvent
-from atlas.data.traces import SessionStream, load_sessions
+from atlas.data.traces import Sessions, load_sessions
 
 __all__ = [
-    "Example", "ExampleSplit", "LoadReport", "Session", "SessionFilter", "SessionStream", "Step",
-    "TrajectoryEvent", "build_prompt", "gkd_examples", "grpo_examples", "load_sessions",
+    "Example", "ExampleSplit", "Session", "Sessions", "Step", "TrajectoryEvent", "build_prompt", "gkd_examples",
+    "grpo_examples", "load_sessions",
 ]  # fmt: skip

@@ -1,10 +1,10 @@
-"""Stream sessions from the runtime's JSONL export (`.jsonl`, or gzip-compressed `.jsonl.gz`).
+"""Read the runtime's JSONL export (`.jsonl`, or gzip-compressed `.jsonl.gz`) one line at a time.
 
-One line is one session record; lines are read one at a time, so memory does not grow with the file.
-A line that is not valid JSON, or not a valid session record (see schema.py), raises `ValueError`
-naming the file and the 1-based line number; with `on_error="skip"` it is counted under "malformed"
-in the report instead, and the first few messages are kept for diagnosis. Whitespace-only lines are
-not records: they are counted (`blank_lines`) and ignored.
+One line is one session record; memory does not grow with the file. `read_jsonl` only decodes: it yields
+each line's record (or, for a line that is not a JSON document, a ValueError naming the file and the
+1-based line, with a hint when the last line is cut short), and None for a whitespace-only line. What to
+keep, and what a malformed record means, is decided by traces.py for both sources alike. A gzip stream
+that is truncated or corrupt is a ValueError of its own: nothing after it can be read.
 
 Left out: JSON arrays of sessions and plain `.json` files (the SDK never writes them).
 """
@@ -16,44 +16,32 @@ import json
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from atlas.data.gating import LoadReport, ReadOptions, SessionFilter
-from atlas.data.schema import Session, parse_session
-
-__all__ = ["iter_jsonl"]
+__all__ = ["read_jsonl"]
 
 
-def iter_jsonl(path: Path, filters: SessionFilter, report: LoadReport, options: ReadOptions) -> Iterator[Session]:
-    """Yield the sessions of `path` that pass `filters`, recording every exclusion in `report`."""
+def read_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
+    """(where, record) per line: the decoded JSON, a ValueError for an undecodable line, None for a blank one."""
     opener = gzip.open if path.name.endswith(".gz") else open
     lineno = 0
     try:
         with opener(path, "rb") as lines:
             for lineno, line in enumerate(lines, 1):
+                where = f"{path}:{lineno}"
                 if not line.strip():
-                    report.blank_lines += 1
+                    yield where, None
                     continue
                 try:
-                    session = parse_session(
-                        json.loads(line), include_events=options.include_events, include_audit=options.include_audit
-                    )
+                    yield where, json.loads(line)
                 # JSONDecodeError and UnicodeDecodeError are ValueErrors; absurd nesting is a RecursionError.
                 except (ValueError, RecursionError) as exc:
                     hint = " (the line is cut short: truncated file?)" if not line.endswith(b"\n") else ""
-                    report.malformed(f"{path}:{lineno}: {_describe(exc)}{hint}", options.on_error,
-                                     "fix or remove the line, or pass on_error='skip' to skip and count it")
-                    continue
-                if report.admit(session, filters, options.limit):
-                    yield session
-                    if report.limit_reached:
-                        return
+                    yield where, ValueError(_describe(exc) + hint)
     except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
         raise ValueError(
             f"{path}: the gzip stream is truncated or corrupt after line {lineno} ({exc}); re-export the file"
         ) from None
-    except GeneratorExit:
-        report.stopped_early = True
-        raise
 
 
 def _describe(exc: BaseException) -> str:

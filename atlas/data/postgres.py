@@ -1,29 +1,35 @@
-"""Stream sessions from the runtime's Postgres store, read-only, filtered in SQL, in batches.
+"""Read sessions from the runtime's Postgres store: read-only, filtered in SQL, in batches.
 
 How it reads (psycopg 3):
 - one READ ONLY, REPEATABLE READ transaction: the database cannot be written through this connection,
   and every query below sees the same snapshot, so the exclusion counts match the streamed sessions;
-- every filter is a parameterised WHERE clause (`SessionFilter` -> SQL, mirrored clause by clause from
-  `SessionFilter.reason`), so gated sessions never leave the server;
+- the filters are filters.py's CASE expression over each `sessions` row (its values bound as parameters):
+  only sessions that pass it, or that it finds malformed, leave the server, so gated sessions never do;
+  there is no SQL LIMIT, because a session that passes the filters can still fail to parse (traces.py
+  stops reading once it has yielded `limit` sessions);
 - a server-side (named) cursor over `sessions JOIN plans`, fetched `batch_size` rows at a time, so memory
   stays flat however many sessions match;
 - per batch, one query each for step results, guidance notes and (only with `include_events=True`)
   trajectory events, with `session_id = ANY(batch ids)`: four queries per batch, never one per session;
-- each session is assembled into the SDK export's record shape and parsed by schema.parse_session, the
-  parser the JSONL path uses, so both sources give the same `Session` for the same data;
+- each session is assembled into the SDK export's record shape (the columns are the truth for id,
+  status, review status and timestamps), which traces.py parses with the parser the JSONL path uses, so
+  both sources give the same `Session` for the same data;
 - the judge audit (`reward_audit`, with its copy in the metadata column) is only sent with
-  `include_audit=True`: it is the bulk of a session's bytes and never training data.
+  `include_audit=True`: it is the bulk of a session's bytes and never training data;
+- the sessions the filters excluded are counted by reason in one GROUP BY over the same CASE when the
+  reading ends: all of them, or, when the caller stopped early, those up to the last session read.
 Only SELECT is needed. A connection failure raises `ConnectionError` naming host, port, database and
 user; the password never appears in messages or logs (`redact_url`).
 
-Left out: `step_attempts` and `learning_registry` (not needed to train), writing anything, and
-filters on fields other than those of `SessionFilter`.
+Left out: `step_attempts` and `learning_registry` (not needed to train), writing anything, and the SDK's
+expression indexes (the guarded filter expressions are not the indexed ones; a training read scans the
+table anyway).
 """
 
 from __future__ import annotations
 
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from contextlib import closing
 from datetime import datetime
@@ -34,10 +40,9 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import set_json_loads
 
-from atlas.data.gating import LoadReport, ReadOptions, SessionFilter
-from atlas.data.schema import Session, parse_session
+from atlas.data.filters import Filters
 
-__all__ = ["iter_postgres", "redact_url"]
+__all__ = ["read_postgres", "redact_url"]
 
 # Per batch: step rows by session id, guidance notes by (session id, step id), events by session id.
 _Children = tuple[
@@ -55,9 +60,14 @@ _LIFTED = (
 _SESSIONS = """
 SELECT s.id, s.task, s.status, {metadata}, s.final_answer, s.reward, s.reward_stats, {audit},
        s.student_learning, s.teacher_learning, s.review_status, s.review_notes, s.created_at, s.completed_at,
-       p.plan
-FROM sessions s LEFT JOIN plans p ON p.session_id = s.id
+       p.plan, s.atlas_reason
+FROM (SELECT *, {reason} AS atlas_reason FROM sessions s) s LEFT JOIN plans p ON p.session_id = s.id
+WHERE s.atlas_reason IS NULL OR s.atlas_reason = 'malformed'
+ORDER BY s.id
 """
+# Not "metadata - 'reward_audit'" alone: on a metadata column that holds a scalar, that is a query error.
+_METADATA_WITHOUT_AUDIT = (
+    "CASE WHEN jsonb_typeof(s.metadata) = 'object' THEN s.metadata - 'reward_audit' ELSE s.metadata END")
 _STEPS = """
 SELECT session_id, step_id, trace, output, evaluation, attempts, metadata FROM step_results
 WHERE session_id = ANY(%s::int[]) ORDER BY session_id, step_id
@@ -82,64 +92,59 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
 
 
-def iter_postgres(url: str, filters: SessionFilter, report: LoadReport, options: ReadOptions) -> Iterator[Session]:
-    """Yield the sessions in the database at `url` that pass `filters`, ordered by session id."""
-    conn = _connect(url)
+def read_postgres(
+    url: str, filters: Filters, excluded: Counter[str], *, include_events: bool, include_audit: bool,
+    batch_size: int,
+) -> Iterator[tuple[str, Any, bool]]:
+    """(where, record, malformed in SQL) for each session that passes `filters` in SQL or that SQL finds
+    malformed, ordered by id; `record` is a ValueError when the row cannot be assembled. When the reading
+    ends or is closed, adds the sessions SQL excluded to `excluded`, by reason."""
+    conn, name = _connect(url), redact_url(url)
+    reason, params = filters.sql()
+    audit = ("s.metadata", "s.reward_audit") if include_audit else (_METADATA_WITHOUT_AUDIT, "NULL")
+    query = _SESSIONS.format(metadata=audit[0], audit=audit[1], reason=reason)
     last_id: int | None = None
-    outcome = "error"
+    ended = False  # exhausted, or closed by the caller; not an error (the transaction may be aborted then)
     try:
-        where, params = _where(filters)
-        if options.include_audit:
-            query = _SESSIONS.format(metadata="s.metadata", audit="s.reward_audit")
-        else:
-            query = _SESSIONS.format(metadata="s.metadata - 'reward_audit'", audit="NULL")
-        query += where + " ORDER BY s.id"
-        if options.limit is not None:
-            query += " LIMIT %(limit)s"
-            params["limit"] = options.limit
-        with closing(_batches(conn, query, params, options)) as batches:
+        with closing(_batches(conn, query, params, batch_size, include_events)) as batches:
             for rows, children in batches:
                 for row in rows:
                     last_id = row[0]
                     try:
-                        session = parse_session(
-                            _record(row, *children),
-                            include_events=options.include_events,
-                            include_audit=options.include_audit,
-                        )
-                    except (ValueError, RecursionError) as exc:
-                        report.malformed(f"{redact_url(url)}: session id {row[0]}: {exc}", options.on_error,
-                                         "pass on_error='skip' to skip and count it")
-                        continue
-                    # SQL already applied the filters; this catches a row whose JSON disagrees with them.
-                    if report.admit(session, filters, options.limit):
-                        yield session
-                        if report.limit_reached:
-                            break
-                if report.limit_reached:
-                    break
-        outcome = "done"
+                        record: Any = _record(row[:-1], *children)
+                    except ValueError as exc:
+                        record = exc
+                    yield f"{name}: session id {row[0]}", record, row[-1] == "malformed"
+        ended, last_id = True, None
     except GeneratorExit:
-        report.stopped_early = True
-        outcome = "closed"
+        ended = True
         raise
     finally:
         try:
-            if outcome != "error" and not (outcome == "closed" and last_id is None):
-                partial = report.limit_reached or report.stopped_early
-                report.excluded.update(_count_excluded(conn, filters, last_id if partial else None))
+            if ended:
+                excluded.update(_count_excluded(conn, reason, params, last_id))
         finally:
             conn.close()
 
 
 def _batches(
-    conn: psycopg.Connection, query: str, params: dict[str, Any], options: ReadOptions
+    conn: psycopg.Connection, query: str, params: dict[str, Any], batch_size: int, include_events: bool
 ) -> Iterator[tuple[list[tuple[Any, ...]], _Children]]:
     """Session rows from the server-side cursor, `batch_size` at a time, each with its batch's children."""
     with conn.cursor(name="atlas_load_sessions") as cursor:
         cursor.execute(query, params)
-        while rows := cursor.fetchmany(options.batch_size):
-            yield rows, _fetch_children(conn, [row[0] for row in rows], options.include_events)
+        while rows := cursor.fetchmany(batch_size):
+            yield rows, _fetch_children(conn, [row[0] for row in rows], include_events)
+
+
+def _count_excluded(
+    conn: psycopg.Connection, reason: str, params: dict[str, Any], through_id: int | None
+) -> dict[str, int]:
+    """Sessions the filters exclude, by reason (all, or those with id <= through_id)."""
+    bound = "" if through_id is None else " WHERE s.id <= %(through_id)s"
+    query = (f"SELECT reason, count(*) FROM (SELECT {reason} AS reason FROM sessions s{bound}) r "
+             "WHERE reason <> 'malformed' GROUP BY reason")
+    return dict(conn.execute(query, {**params, "through_id": through_id}).fetchall())
 
 
 def _connect(url: str) -> psycopg.Connection:
@@ -171,59 +176,6 @@ def _connect(url: str) -> psycopg.Connection:
     return conn
 
 
-def _where(filters: SessionFilter) -> tuple[str, dict[str, Any]]:
-    clauses, params = [], {}
-    if filters.review_status is not None:
-        clauses.append("s.review_status = ANY(%(review_status)s)")
-        params["review_status"] = list(filters.review_status)
-    if filters.status is not None:
-        clauses.append("s.status = ANY(%(status)s)")
-        params["status"] = list(filters.status)
-    if filters.learning_key is not None:
-        clauses.append("s.metadata->>'learning_key' = %(learning_key)s")
-        params["learning_key"] = filters.learning_key
-    if filters.created_after is not None:
-        clauses.append("s.created_at >= %(created_after)s")
-        params["created_after"] = filters.created_after
-    if filters.min_reward is not None:
-        # The expression the SDK indexes, so the planner can use that index.
-        clauses.append("(s.reward_stats->>'score')::float >= %(min_reward)s")
-        params["min_reward"] = filters.min_reward
-    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
-
-
-def _count_excluded(conn: psycopg.Connection, filters: SessionFilter, through_id: int | None) -> dict[str, int]:
-    """Count the sessions the filters reject, by first failing reason, as `SessionFilter.reason` does."""
-    cases, params = [], {}
-    if filters.review_status is not None:
-        cases.append("WHEN NOT s.review_status = ANY(%(review_status)s) THEN 'review_status:' || s.review_status")
-        params["review_status"] = list(filters.review_status)
-    if filters.status is not None:
-        cases.append("WHEN NOT s.status = ANY(%(status)s) THEN 'status:' || s.status")
-        params["status"] = list(filters.status)
-    if filters.learning_key is not None:
-        cases.append("WHEN s.metadata->>'learning_key' IS DISTINCT FROM %(learning_key)s THEN 'learning_key'")
-        params["learning_key"] = filters.learning_key
-    if filters.created_after is not None:
-        cases.append("WHEN s.created_at < %(created_after)s THEN 'created_after'")
-        params["created_after"] = filters.created_after
-    if filters.min_reward is not None:
-        cases.append("WHEN s.reward_stats->>'score' IS NULL THEN 'reward:missing'")
-        cases.append("WHEN (s.reward_stats->>'score')::float < %(min_reward)s THEN 'reward:below_min'")
-        params["min_reward"] = filters.min_reward
-    if not cases:
-        return {}
-    bound = ""
-    if through_id is not None:
-        bound = " WHERE s.id <= %(through_id)s"
-        params["through_id"] = through_id
-    query = (
-        "SELECT reason, count(*) FROM (SELECT CASE " + " ".join(cases) + " END AS reason FROM sessions s"
-        + bound + ") r WHERE reason IS NOT NULL GROUP BY reason"
-    )
-    return dict(conn.execute(query, params).fetchall())
-
-
 def _fetch_children(conn: psycopg.Connection, ids: list[int], include_events: bool) -> _Children:
     """Step results, guidance notes and (optionally) events of a batch of sessions: one query each."""
     steps: dict[int, list[tuple[Any, ...]]] = defaultdict(list)
@@ -253,9 +205,9 @@ def _record(
     # As the SDK's export: the columns are the truth for id, status and review; timestamps only fill gaps.
     meta["session_id"] = session_id
     meta["status"] = status
-    if created_at is not None and not meta.get("created_at"):
+    if created_at is not None:  # the column the SQL filter reads: Session.created_at must be the same value
         meta["created_at"] = _iso(created_at)
-    if completed_at is not None and not meta.get("completed_at"):
+    if completed_at is not None:
         meta["completed_at"] = _iso(completed_at)
     meta["review_status"] = review_status
     if reward_stats is not None:
@@ -280,10 +232,11 @@ def _record(
         "session_metadata": meta,
         "review_status": review_status,
     }
+    if reward_stats is not None:  # even when empty or of the wrong type: the filter's SQL reads it as it is
+        record["reward_stats"] = reward_stats
     for key, value in (
-        ("review_notes", review_notes), ("reward_stats", reward_stats), ("session_reward", reward),
-        ("reward_audit", reward_audit), ("student_learning", student_learning),
-        ("teacher_learning", teacher_learning),
+        ("review_notes", review_notes), ("session_reward", reward), ("reward_audit", reward_audit),
+        ("student_learning", student_learning), ("teacher_learning", teacher_learning),
     ):  # fmt: skip
         if value not in (None, "", [], {}):
             record[key] = value

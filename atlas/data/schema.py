@@ -12,6 +12,9 @@ Choices worth knowing:
   `session_metadata`: the copies can be stale (the reviewer updates the column), and gating must not be
   loosened by a stale copy. A record without a top-level `review_status` counts as not approved.
 - Missing optional fields are normal (older exports); a missing or empty `task` is an error.
+- The fields the session filters read (filters.py) have their own readers here (`review_status_of`,
+  `status_of`, `learning_key_of`, `created_at_of`, `reward_of`), used by the parser too: a filter and the
+  parsed `Session` read the same value, and a filter can read its field without parsing the rest.
 
 Left out: the adaptive summary, triage dossier and learning history are not given typed fields; they
 stay available in `Session.raw`, the record as read. The judge audit is dropped unless asked for.
@@ -25,7 +28,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["Session", "Step", "TrajectoryEvent", "parse_session"]
+__all__ = [
+    "Session", "Step", "TrajectoryEvent", "created_at_of", "learning_key_of", "metadata_of", "parse_session",
+    "review_status_of", "reward_of", "status_of",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -99,12 +105,10 @@ def parse_session(record: Any, *, include_events: bool = False, include_audit: b
     Without `include_audit` the judge audit (`reward_audit`: every judge prompt and response, often the
     largest part of a record and never training data) is left out of `raw` and `metadata`.
     """
-    if not isinstance(record, dict):
-        raise ValueError(f"a session record must be a JSON object, got {type(record).__name__}")
+    meta = metadata_of(record)
     task = record.get("task")
     if not isinstance(task, str) or not task.strip():
         raise ValueError("missing or empty 'task' (every session record needs the task text)")
-    meta = _dict(record, "session_metadata")
 
     session_id = meta.get("session_id")
     if session_id is not None and (not isinstance(session_id, int) or isinstance(session_id, bool)):
@@ -129,24 +133,65 @@ def parse_session(record: Any, *, include_events: bool = False, include_audit: b
         session_id=session_id,
         task=task,
         final_answer=_str(record, "final_answer") or "",
-        reward=_reward(record),
-        review_status=_str(record, "review_status"),
-        status=_str(meta, "status", "session_metadata."),
+        reward=reward_of(record),
+        review_status=review_status_of(record),
+        status=status_of(record),
         execution_mode=_str(record, "execution_mode") or _str(meta, "execution_mode", "session_metadata."),
-        learning_key=_str(record, "learning_key") or _str(meta, "learning_key", "session_metadata."),
+        learning_key=learning_key_of(record),
         plan=_dict(record, "plan"),
         steps=tuple(_parse_step(s, i) for i, s in enumerate(raw_steps)),
         teacher_notes=_str_list(record, "teacher_notes"),
         student_learning=_str(record, "student_learning"),
         teacher_learning=_str(record, "teacher_learning"),
         review_notes=_str(record, "review_notes"),
-        created_at=_time(meta, "created_at", "session_metadata."),
+        created_at=created_at_of(record),
         completed_at=_time(meta, "completed_at", "session_metadata."),
         # The events are a field of their own (and absent from the Postgres metadata column).
         metadata=_without(meta, ("trajectory_events",) if include_audit else ("trajectory_events", "reward_audit")),
         events=events,
         raw=record if include_audit else _without(record, ("reward_audit",)),
     )
+
+
+def metadata_of(record: Any) -> dict[str, Any]:
+    """`session_metadata` of a record that must be a JSON object ({} when absent)."""
+    if not isinstance(record, dict):
+        raise ValueError(f"a session record must be a JSON object, got {type(record).__name__}")
+    return _dict(record, "session_metadata")
+
+
+def review_status_of(record: dict[str, Any]) -> str | None:
+    return _str(record, "review_status")
+
+
+def status_of(record: dict[str, Any]) -> str | None:
+    return _str(metadata_of(record), "status", "session_metadata.")
+
+
+def learning_key_of(record: dict[str, Any]) -> str | None:
+    return _str(record, "learning_key") or _str(metadata_of(record), "learning_key", "session_metadata.")
+
+
+def created_at_of(record: dict[str, Any]) -> datetime | None:
+    return _time(metadata_of(record), "created_at", "session_metadata.")
+
+
+def reward_of(record: dict[str, Any]) -> float | None:
+    """The session reward, `reward_stats.score`: None when unscored, a finite number in [0, 1] otherwise."""
+    stats = record.get("reward_stats")
+    if stats is None:
+        return None
+    if not isinstance(stats, dict):
+        raise ValueError(f"'reward_stats' must be an object, got {type(stats).__name__}")
+    score = stats.get("score")
+    if score is None:
+        return None
+    if isinstance(score, bool) or not isinstance(score, int | float) or (
+            isinstance(score, float) and not math.isfinite(score)):
+        raise ValueError(f"reward_stats.score must be a finite number, got {str(score)[:40]!r}")
+    if not 0.0 <= score <= 1.0:  # compared as is: a JSON integer can exceed float's range
+        raise ValueError(f"reward_stats.score must lie in [0, 1], got {str(score)[:40]}")
+    return float(score)
 
 
 def _parse_step(step: Any, index: int) -> Step:
@@ -212,22 +257,6 @@ def _without(d: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
     if not any(k in d for k in keys):
         return d
     return {k: v for k, v in d.items() if k not in keys}
-
-
-def _reward(record: dict[str, Any]) -> float | None:
-    stats = record.get("reward_stats")
-    if stats is None:
-        return None
-    if not isinstance(stats, dict):
-        raise ValueError(f"'reward_stats' must be an object, got {type(stats).__name__}")
-    score = stats.get("score")
-    if score is None:
-        return None
-    if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score):
-        raise ValueError(f"reward_stats.score must be a finite number, got {score!r}")
-    if not 0.0 <= score <= 1.0:
-        raise ValueError(f"reward_stats.score must lie in [0, 1], got {score!r}")
-    return float(score)
 
 
 def _str(d: dict[str, Any], key: str, where: str = "") -> str | None:

@@ -16,11 +16,9 @@ from array import array
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
-from atlas.data.gating import LoadReport
-from atlas.data.traces import load_sessions
+from atlas.data.traces import Sessions, load_sessions
 
 __all__ = ["TraceStats", "trace_stats"]
 
@@ -29,9 +27,9 @@ _LENGTHS = ("task_chars", "final_answer_chars", "trace_chars", "steps")
 
 @dataclass
 class TraceStats:
-    """Aggregates over the sessions one `load_sessions` pass yielded (`report` says what it excluded)."""
+    """Aggregates over the sessions one `load_sessions` pass yielded (`load` says what it excluded)."""
 
-    report: LoadReport
+    load: Sessions
     sessions: int = 0
     review_status: Counter[str] = field(default_factory=Counter)
     status: Counter[str] = field(default_factory=Counter)
@@ -51,7 +49,7 @@ class TraceStats:
         for r in rewards:
             histogram[min(int(r * 10), 9)] += 1
         return {
-            "source": self.report.source,
+            "source": self.load.source,
             "sessions": self.sessions,
             "review_status": dict(self.review_status.most_common()),
             "status": dict(self.status.most_common()),
@@ -63,7 +61,7 @@ class TraceStats:
             "reward": {**_summary(rewards), "unscored": self.sessions - len(rewards), "histogram": histogram},
             "escalated": self.escalated,
             "lengths": {k: _summary(sorted(v)) for k, v in self.lengths.items()},
-            "load": self.report.as_dict(),
+            "load": self.load.as_dict(),
         }
 
     def to_text(self) -> str:
@@ -91,23 +89,13 @@ class TraceStats:
 
 
 def trace_stats(
-    source: str | os.PathLike[str],
-    review_status: str | Sequence[str] | None = None,
-    min_reward: float | None = None,
-    learning_key: str | None = None,
-    status: str | Sequence[str] | None = None,
-    limit: int | None = None,
-    *,
-    created_after: datetime | str | None = None,
-    on_error: str = "raise",
+    source: str | os.PathLike[str], review_status: str | Sequence[str] | None = None, **options: Any
 ) -> TraceStats:
-    """Read `source` once through `load_sessions` (ungated unless `review_status` is given) and aggregate."""
-    with load_sessions(
-        source, review_status=review_status, min_reward=min_reward, learning_key=learning_key,
-        status=status, limit=limit, created_after=created_after, on_error=on_error,
-    ) as stream:  # fmt: skip
-        stats = TraceStats(report=stream.report)
-        for s in stream:
+    """Read `source` once through `load_sessions` (ungated unless `review_status` is given; `options` are
+    its other arguments: min_reward, status, limit, on_error, ...) and aggregate."""
+    with load_sessions(source, review_status=review_status, **options) as sessions:
+        stats = TraceStats(load=sessions)
+        for s in sessions:
             stats.sessions += 1
             stats.review_status[s.review_status or "missing"] += 1
             stats.status[s.status or "missing"] += 1

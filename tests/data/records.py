@@ -3,7 +3,8 @@
 `make_record` writes one export line the way the SDK does: `session_metadata` carries session_id,
 status, timestamps and copies of review_status / reward_stats / reward_audit; optional fields are
 present only when non-empty. `FIXTURES` covers the cases the readers must get right; `generate_records`
-makes many realistic ones for bench/traces.py. Independent of atlas.
+makes many realistic ones for bench/traces.py; `MALFORMED` holds bad values where the readers must count
+one malformed session, never fail the query. Independent of atlas.
 """
 
 from __future__ import annotations
@@ -160,6 +161,36 @@ def _fixtures() -> list[dict[str, Any]]:
 
 
 FIXTURES = _fixtures()
+
+
+def _with(record: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    """`record` with top-level fields replaced, and their copies in session_metadata alike (as the SDK writes)."""
+    for key, value in fields.items():
+        record[key] = value
+        if key in record["session_metadata"]:
+            record["session_metadata"][key] = value
+    return record
+
+
+def _malformed() -> list[dict[str, Any]]:
+    """Records with a bad value in a field a filter reads, or elsewhere, interleaved in id with good ones."""
+    t = T0 + timedelta(days=1)
+    high = make_record(12, "Rank the offers.", reward=0.9, created_at=t)
+    high["reward_stats"]["score"] = high["session_metadata"]["reward_stats"]["score"] = "high"
+    return [
+        high,  # a non-numeric score (a store without the SDK's score index can hold one)
+        _with(make_record(13, "Plan the move.", created_at=t), plan=[1]),  # not a filter field: fails parsing
+        _with(make_record(14, "Name the file.", created_at=t, learning_key=KEY_B), learning_key=5),
+        _with(make_record(15, "Sum the column.", created_at=t), reward_stats={}),  # scored nothing: unscored
+        _with(make_record(16, "Count the rows.", reward=0.9, created_at=t), reward_stats={"score": 1.5}),
+        _with(make_record(17, "Check the spelling.", created_at=t), reward_stats="n/a"),
+        _with(make_record(18, "Find the total.", created_at=t), reward_stats={"score": 10**400}),
+        make_record(19, "Close the ticket.", reward=0.97, created_at=t, learning_key=KEY_B),
+    ]
+
+
+# Storable in the SDK's tables as they are (every review status set), without the score index.
+MALFORMED = _malformed()
 
 
 def write_jsonl(path: Path, records: list[dict[str, Any]]) -> str:

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from atlas.data import SessionStream, load_sessions
+from atlas.data import Sessions, load_sessions
 from tests.data.records import FIXTURES, KEY_B, write_jsonl
 
 
@@ -22,11 +22,11 @@ def ids(stream) -> list[int]:
 
 def test_default_gating_yields_approved_only_and_counts_the_rest(jsonl_path):
     stream = load_sessions(jsonl_path)
-    assert isinstance(stream, SessionStream)
+    assert isinstance(stream, Sessions)
     assert ids(stream) == [1, 2, 3, 6, 7, 8, 9, 11]
     assert stream.excluded == {"review_status:pending": 1, "review_status:quarantined": 1,
                                "review_status:missing": 1}  # fmt: skip
-    assert stream.report.yielded == 8 and stream.report.finished
+    assert stream.yielded == 8 and not stream.limit_reached
 
 
 def test_other_review_statuses_only_when_asked(jsonl_path):
@@ -58,7 +58,7 @@ def test_learning_key_status_and_created_after(jsonl_path):
 def test_limit_stops_reading(jsonl_path):
     stream = load_sessions(jsonl_path, limit=2)
     assert ids(stream) == [1, 2]
-    assert stream.report.limit_reached and stream.excluded == {}
+    assert stream.limit_reached and stream.excluded == {}
     stream = load_sessions(jsonl_path, limit=4)
     assert ids(stream) == [1, 2, 3, 6]
     assert stream.excluded == {"review_status:pending": 1, "review_status:quarantined": 1}
@@ -67,7 +67,7 @@ def test_limit_stops_reading(jsonl_path):
 def test_early_close_and_context_manager(jsonl_path):
     with load_sessions(jsonl_path, review_status=None) as stream:
         assert next(stream).session_id == 1
-    assert stream.report.stopped_early and stream.report.yielded == 1
+    assert stream.yielded == 1 and not stream.limit_reached
     with pytest.raises(StopIteration):
         next(stream)
 
@@ -114,9 +114,9 @@ def test_skip_counts_malformed_lines_and_logs_them(tmp_path, caplog):
         stream = load_sessions(path, on_error="skip")
         assert ids(stream) == [1, 2]
     assert stream.excluded == {"malformed": 3}
-    assert stream.report.blank_lines == 1
-    assert [e.split(": ")[0] for e in stream.report.errors] == [f"{path}:2", f"{path}:4", f"{path}:6"]
-    assert "JSON object" in stream.report.errors[1] and "not UTF-8" in stream.report.errors[2]
+    assert stream.blank_lines == 1
+    assert [e.split(": ")[0] for e in stream.errors] == [f"{path}:2", f"{path}:4", f"{path}:6"]
+    assert "JSON object" in stream.errors[1] and "not UTF-8" in stream.errors[2]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 3 and "mixed.jsonl:2" in warnings[0]
     (info,) = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
@@ -173,4 +173,4 @@ def test_junk_lines_never_crash_with_anything_but_value_error(tmp_path, lines):
         list(load_sessions(path, review_status=None))
     stream = load_sessions(path, review_status=None, on_error="skip")
     list(stream)
-    assert stream.report.yielded + stream.report.total_excluded + stream.report.blank_lines == n_lines
+    assert stream.yielded + sum(stream.excluded.values()) + stream.blank_lines == n_lines
