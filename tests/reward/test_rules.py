@@ -219,7 +219,7 @@ def differ(a: tuple[Fraction, bool], b: tuple[Fraction, bool]) -> bool:
     return abs(a[0] - b[0]) > Fraction(1, 10**6) * max(abs(a[0]), abs(b[0]))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.data())
 def test_a_different_final_answer_never_scores(data):
     draw = data.draw
@@ -254,7 +254,7 @@ def test_a_different_final_answer_never_scores(data):
     assert answer_match(["q"], [completion], answers=[reference]) == [0.0], (completion, reference)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.data())
 def test_formatting_a_right_answer_never_scores_zero(data):
     draw = data.draw
