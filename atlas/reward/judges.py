@@ -268,7 +268,7 @@ def arbiter_messages(
         for i, (e, t) in enumerate(zip(evaluations, temperatures))
     ]
     if invalid:
-        lines.append(f"- {invalid} further evaluation(s) could not be read (no valid JSON).")
+        lines.append(f"- {invalid} further evaluation(s) could not be read (no single valid evaluation in the reply).")
     if not evaluations:
         lines.append("- none of the smaller judge's evaluations could be read.")
     blocks = _blocks(judge, prompt, response, context) + [("Smaller judge's evaluations", "\n".join(lines))]
