@@ -18,14 +18,21 @@ choose, because a prompt format the model was never trained on would degrade it 
 `save_pretrained` writes a chosen template into the copy, so the checkpoint serves with the format it
 was trained on.
 
-Left out: slow (sentencepiece/tiktoken-only) tokenizers, `continue_final_message`, assistant-token masks,
-tool schemas from Python callables.
+Assistant-token masks (`return_assistant_tokens_mask=True`), as transformers computes them: the template
+is rendered chunk by chunk, each `{% generation %}` block records the character span it emits, and a
+token is the assistant's when its characters overlap such a span. A template without generation blocks
+gives no mask here (atlas.train.data falls back to rendering turn by turn).
+
+Left out: slow (sentencepiece/tiktoken-only) tokenizers, `continue_final_message`, tool schemas from
+Python callables.
 """
 
 from __future__ import annotations
 
+import contextvars
 import json
 import os
+import re
 import shutil
 from datetime import datetime
 from functools import lru_cache
@@ -119,9 +126,12 @@ class Tokenizer:
         tokenize: bool = False,
         tools: list[dict] | None = None,
         documents: list[dict] | None = None,
+        return_assistant_tokens_mask: bool = False,
         **kwargs: Any,
-    ) -> str | list[int]:
-        """Render `messages` with the checkpoint's template; token ids (no extra specials) if `tokenize`."""
+    ) -> str | list[int] | dict[str, list[int]]:
+        """Render `messages` with the checkpoint's template; token ids (no extra specials) if `tokenize`;
+        with `return_assistant_tokens_mask`, {"input_ids", "assistant_masks"} (1 on tokens inside the
+        template's `{% generation %}` blocks), which needs a template that has such blocks."""
         if self.chat_template is None:
             where = f"the checkpoint at {self.source_dir}" if self.source_dir else "this tokenizer"
             raise ValueError(
@@ -136,11 +146,32 @@ class Tokenizer:
             if not isinstance(m, dict) or "role" not in m:
                 raise ValueError(f"each message must be a dict with a 'role', got {m!r}")
         messages = [{k: v for k, v in m.items() if v is not None} for m in messages]
-        text = _compile(self.chat_template).render(
-            messages=messages, tools=tools, documents=documents, add_generation_prompt=add_generation_prompt,
-            **{**self.special_tokens, **kwargs},
-        )
-        return self.encode(text, add_special_tokens=False) if tokenize else text
+        variables = dict(messages=messages, tools=tools, documents=documents,
+                         add_generation_prompt=add_generation_prompt, **{**self.special_tokens, **kwargs})
+        template = _compile(self.chat_template)
+        if not return_assistant_tokens_mask:
+            text = template.render(**variables)
+            return self.encode(text, add_special_tokens=False) if tokenize else text
+        if not has_generation_blocks(self.chat_template):
+            raise ValueError("return_assistant_tokens_mask needs a chat template with {% generation %} blocks; "
+                             "this one has none (atlas.train.data.encode_conversation renders turn by turn)")
+        chunks: list[str] = []
+        spans: list[tuple[int, int]] = []
+        token = _SPANS.set((chunks, spans))
+        try:
+            for chunk in template.generate(**variables):
+                chunks.append(chunk)
+        finally:
+            _SPANS.reset(token)
+        ids, mask = self.encode_with_spans("".join(chunks), spans)
+        return {"input_ids": ids, "assistant_masks": mask}
+
+    def encode_with_spans(self, text: str, spans: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
+        """Token ids of `text` (no extra specials) and a 0/1 mask: 1 where a token's characters overlap
+        one of the character spans [start, end)."""
+        enc = self._tok.encode(text, add_special_tokens=False)
+        mask = [int(any(a < e and b > s for s, e in spans)) for a, b in enc.offsets]
+        return enc.ids, mask
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Copy the tokenizer files it was loaded from (or write them when it was built in memory)."""
@@ -199,8 +230,20 @@ def _chosen(chat_template: Any) -> str:
     return chat_template
 
 
+# While a mask is being computed: (the chunks rendered so far, the generation spans found). The template
+# is compiled once and cached, so the tracker lives in a context variable, not on the environment.
+_SPANS: contextvars.ContextVar[tuple[list[str], list[tuple[int, int]]] | None] = contextvars.ContextVar(
+    "atlas_generation_spans", default=None)
+
+
+def has_generation_blocks(template: str) -> bool:
+    return re.search(r"{%-?\s*generation\s*-?%}", template) is not None
+
+
 class _GenerationBlock(Extension):
-    """`{% generation %}...{% endgeneration %}` marks assistant text for masks; atlas renders the body."""
+    """`{% generation %}...{% endgeneration %}` marks assistant text: rendered as its body, and, while a
+    mask is being computed, recorded as a character span. `Template.generate` yields every earlier chunk
+    before this block runs, so the text rendered so far gives the span's start."""
 
     tags = {"generation"}
 
@@ -210,7 +253,13 @@ class _GenerationBlock(Extension):
         return jinja2.nodes.CallBlock(self.call_method("_render"), [], [], body).set_lineno(lineno)
 
     def _render(self, caller):
-        return caller()
+        body = caller()
+        tracker = _SPANS.get()
+        if tracker is not None:
+            chunks, spans = tracker
+            start = sum(len(c) for c in chunks)
+            spans.append((start, start + len(body)))
+        return body
 
 
 def _raise_exception(message: str):

@@ -16,7 +16,7 @@ Module and parameter names mirror transformers' minus its `model.` prefix, so HF
 `Transformer.forward` covers every caller in atlas:
 - plain causal batches (`model(ids_BT)`), left- or right-padded batches (`attention_mask_BT`, positions
   derived from it as transformers does), packed sequences (`cu_seqlens`, flash-attn's varlen kernel on CUDA
-  when installed, a block-diagonal causal mask otherwise), explicit `positions_BT`;
+  when installed, otherwise causal SDPA over each group of equal-length sequences), explicit `positions_BT`;
 - a static KV cache (`KVCache`) for the sampler: new keys/values are written at slots [pos, pos + T) and
   queries attend to every valid slot before them; after `KVCache.start_static_decode()` every call has
   the same shapes (one token per row at a tensor slot, attention over all slots under a mask), so a
@@ -167,6 +167,18 @@ class Attention(nn.Module):
                 ctx.max_seqlen, ctx.max_seqlen, causal=True,
             )
             out = out.unsqueeze(0)  # [1, T, H, D]
+        elif ctx.segments is not None:  # packed sequences: causal attention within each, never across
+            parts = []
+            for idx_nL in ctx.segments:  # one SDPA call per group of equal-length sequences
+                n, L = idx_nL.shape
+
+                def rows(x_1hTD, idx_nL=idx_nL, n=n, L=L):
+                    return x_1hTD[0].index_select(1, idx_nL.flatten()).unflatten(1, (n, L)).transpose(0, 1)
+
+                o = F.scaled_dot_product_attention(rows(q), rows(k), rows(v), is_causal=True,
+                                                   enable_gqa=self.n_heads != self.n_kv_heads)
+                parts.append(o.transpose(0, 1).flatten(1, 2))  # [H, n * L, D]
+            out = torch.cat(parts, 1).index_select(1, ctx.unpermute).transpose(0, 1)[None]  # [1, T, H, D]
         elif T == 1 and self.n_heads != self.n_kv_heads:
             # decode: one query per row, so each KV group's query heads can stand in the query-length axis
             # and SDPA runs with KV heads only (half the time of its GQA path on CPU; same math)
@@ -219,6 +231,8 @@ class _AttnContext:
     def __init__(self, mask=None, is_causal=False, cache=None, cu_seqlens=None, max_seqlen=None):
         self.mask, self.is_causal, self.cache = mask, is_causal, cache
         self.cu_seqlens, self.max_seqlen = cu_seqlens, max_seqlen
+        self.segments: list[torch.Tensor] | None = None  # packed rows without flash-attn: [n, L] positions
+        self.unpermute: torch.Tensor | None = None  # from the segments' concatenated order back to the row's
         self.checkpoint = False
 
 
@@ -375,8 +389,18 @@ class Transformer(nn.Module):
             positions = (t - cu_seqlens[seq_T])[None]
             if flash_attn_varlen_func is not None and device.type == "cuda" and self._half():
                 return _AttnContext(cu_seqlens=cu_seqlens, max_seqlen=int(cu_seqlens.diff().max())), positions
-            mask = (seq_T[:, None] == seq_T[None, :]) & (t[:, None] >= t[None, :])
-            return _AttnContext(mask=mask[None, None]), positions
+            # without flash-attn: sequences of equal length attend as one batch (a block-diagonal mask over
+            # the whole row would cost T^2 and made a packed SFT step 20x slower on CPU than padding)
+            starts, lengths = cu_seqlens[:-1].tolist(), cu_seqlens.diff().tolist()
+            by_length: dict[int, list[int]] = {}
+            for start, length in zip(starts, lengths):
+                by_length.setdefault(length, []).append(start)
+            segments = [torch.tensor(st, device=device)[:, None] + torch.arange(L, device=device)
+                        for L, st in by_length.items()]
+            order = torch.cat([idx.flatten() for idx in segments])
+            ctx = _AttnContext()
+            ctx.segments, ctx.unpermute = segments, torch.empty_like(order).scatter_(0, order, t)
+            return ctx, positions
 
         if cache is not None and cache.slot_t is not None:
             if T != 1 or cache.batch_size != B:
