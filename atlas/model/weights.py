@@ -22,7 +22,7 @@ Saving (`save_pretrained`) is atomic, durable and streamed:
 - FSDP2: called on every rank, each sharded parameter is gathered in full (`DTensor.full_tensor`, a
   collective), rank 0 writes, the others wait at a barrier.
 
-Left out: quantised checkpoints, generation_config.json, pickle formats.
+Left out: quantised checkpoints, pickle formats (generation_config.json: atlas.checkpoint.export_hf).
 """
 
 from __future__ import annotations
@@ -201,12 +201,14 @@ def save_pretrained(
     tokenizer=None,
     max_shard_bytes: int = 5 * 2**30,
     dtype: torch.dtype | None = None,
+    extra_files: dict[str, str] | None = None,
 ) -> Path:
     """Write config.json + safetensors (sharded with an index above `max_shard_bytes`) atomically; see the
     module docstring for the guarantees. `tokenizer` (an atlas Tokenizer) is written alongside, so the
-    directory serves as is in vLLM/transformers. `dtype` casts the weights on the way out (e.g. bf16 for
-    serving from fp32 master weights); by default they keep the parameters' dtype. On an FSDP2 model
-    every rank must call it (the parameters are gathered collectively); every rank returns the path."""
+    directory serves as is in vLLM/transformers; `extra_files` (name -> text) too, inside the same swap.
+    `dtype` casts the weights on the way out (e.g. bf16 for serving from fp32 master weights); by default
+    they keep the parameters' dtype. On an FSDP2 model every rank must call it (the parameters are
+    gathered collectively); every rank returns the path."""
     import torch.distributed as dist
 
     distributed = dist.is_available() and dist.is_initialized()
@@ -224,6 +226,8 @@ def save_pretrained(
             (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
+            for name, text in (extra_files or {}).items():
+                (tmp / name).write_text(text, encoding="utf-8")
         _write_weights(params, tmp, max_shard_bytes, dtype, writer)
         if writer:
             _fsync_tree(tmp)

@@ -1,0 +1,131 @@
+"""Resume state with torch.distributed.checkpoint (DCP), and the consolidated HF export for serving.
+
+    output_dir/
+      config.yaml                   the resolved config of the run
+      checkpoints/step_00000012/    one resume state per save:
+          .metadata, __*_*.distcp     DCP shards of model and optimizer state (every rank writes its own)
+          trainer.json                step, data position, counters, trainer extras (global rank 0)
+          rng.<rank>.pt               each rank's RNG states (torch CPU and CUDA, python's random)
+          config.yaml                 the config it was saved under
+          COMPLETE                    written last: a directory without it is an interrupted save
+      hf/                           the HF export: weights, config.json, tokenizer, generation_config.json
+
+A save goes to `checkpoints/.step_N.tmp`, every rank writing its DCP shards there; after a barrier global
+rank 0 writes the rest, fsyncs, and renames it to `step_N`, so `latest_state` (the newest directory with
+COMPLETE) never picks a partial one; the `keep` newest are kept. On load the model and optimizer are
+restored through DCP's state-dict helpers, which reshard as needed (a run may resume on another world
+size; only the data position and RNG streams are then per-rank approximations). The HF export is
+`save_pretrained` (atomic, rank 0 writes after gathering) plus `generation_config.json`, whose stop tokens
+include the chat template's end-of-turn token, so vLLM and transformers stop where the model was trained
+to. Multi-node runs need `output_dir` on a filesystem every node sees (DCP's requirement).
+
+Left out: asynchronous checkpointing, object-store paths, optimizer-state export to HF format.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+import atlas.distributed as ad
+from atlas.config import save_config
+from atlas.model import Transformer, save_pretrained
+
+STEP_PREFIX = "step_"
+
+
+def state_dir(output_dir: str | Path, step: int) -> Path:
+    return Path(output_dir) / "checkpoints" / f"{STEP_PREFIX}{step:08d}"
+
+
+def latest_state(output_dir: str | Path) -> Path | None:
+    """The newest complete resume state under output_dir, or None."""
+    root = Path(output_dir) / "checkpoints"
+    if not root.is_dir():
+        return None
+    done = sorted(p for p in root.iterdir() if p.name.startswith(STEP_PREFIX) and (p / "COMPLETE").exists())
+    return done[-1] if done else None
+
+
+def save_state(output_dir: str | Path, step: int, model: Transformer, optimizer: torch.optim.Optimizer,
+               trainer_state: dict[str, Any], config: Any, keep: int = 2) -> Path:
+    """Write the resume state of `step` (every rank must call it); returns its directory."""
+    final = state_dir(output_dir, step)
+    tmp = final.parent / f".{final.name}.tmp"
+    if ad.is_main():
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    ad.barrier()
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    single = not torch.distributed.is_initialized()
+    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp), no_dist=single)
+    torch.save(_rng_state(), tmp / f"rng.{ad.rank()}.pt")
+    ad.barrier()
+    if ad.is_main():
+        (tmp / "trainer.json").write_text(json.dumps({"step": step, **trainer_state}, indent=2) + "\n")
+        save_config(config, tmp / "config.yaml")
+        for path in tmp.iterdir():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+        (tmp / "COMPLETE").write_text(f"{step}\n")
+        if final.exists():  # a run that resumed before this step and reached it again
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        complete = sorted(p for p in final.parent.iterdir() if p.name.startswith(STEP_PREFIX))
+        for old in complete[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    ad.barrier()
+    return final
+
+
+def load_state(path: str | Path, model: Transformer, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Restore model, optimizer and this rank's RNG from a resume state; returns trainer.json's content."""
+    path = Path(path)
+    if not (path / "COMPLETE").exists():
+        raise ValueError(f"{path} is not a complete resume state (no COMPLETE marker): an interrupted save?")
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    state = {"model": model_sd, "optim": optim_sd}
+    dcp.load(state, checkpoint_id=str(path), no_dist=not torch.distributed.is_initialized())
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    rng = path / f"rng.{ad.rank()}.pt"
+    if rng.exists():
+        _set_rng_state(torch.load(rng, weights_only=True))
+    return json.loads((path / "trainer.json").read_text())
+
+
+def export_hf(model: Transformer, out_dir: str | Path, tokenizer=None, dtype: torch.dtype | None = None,
+              extra_files: dict[str, str] | None = None) -> Path:
+    """The serving checkpoint: save_pretrained plus generation_config.json (every rank must call it)."""
+    eos = sorted(set(model.config.eos_token_id) | (
+        {tokenizer.eos_token_id} if tokenizer is not None and tokenizer.eos_token_id is not None else set()))
+    generation = {"eos_token_id": eos}
+    if model.config.bos_token_id is not None:
+        generation["bos_token_id"] = model.config.bos_token_id
+    pad = model.config.pad_token_id if model.config.pad_token_id is not None else getattr(tokenizer, "pad_token_id",
+                                                                                           None)
+    if pad is not None:
+        generation["pad_token_id"] = pad
+    files = {"generation_config.json": json.dumps(generation, indent=2) + "\n", **(extra_files or {})}
+    return save_pretrained(model, out_dir, tokenizer=tokenizer, dtype=dtype, extra_files=files)
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
