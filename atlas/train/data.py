@@ -1,0 +1,244 @@
+"""Training data as the trainers consume it: conversations to token ids with the assistant's tokens marked,
+the global order of examples, and micro-batches (padded or packed).
+
+Which tokens are the assistant's is decided by the checkpoint's own chat template:
+- a template with `{% generation %}` blocks marks them itself (transformers' return_assistant_tokens_mask;
+  atlas.model.Tokenizer computes the same mask);
+- otherwise the conversation is rendered turn by turn: for each assistant turn k, the text of turns < k with
+  the generation prompt is a prefix P_k of the full rendering, and the text through turn k is a prefix
+  U_k; the assistant's characters are U_k[len(P_k):], up to and including the last end-of-turn token (the
+  tokenizer's eos) in it, so the model learns to stop and the separator after the turn is not trained.
+  A template that rewrites earlier turns (Qwen3 drops earlier turns' reasoning) breaks the prefix
+  property: that is a ValueError, unless `last_turn_only` (then only the final assistant turn is trained,
+  whose prefix is rendered exactly as in the full text).
+The full text is tokenized once and a token counts when its characters overlap an assistant span, so
+token boundaries are the full rendering's, exactly what the model sees.
+
+Order: `DataOrder` draws a permutation of the examples per epoch from (seed, epoch), the same on every
+rank; a step takes the next `batch_size` indices (crossing epoch ends) and each rank then takes its share
+(`shard`), so the world size never changes which examples a step trains on. Its state (epoch, position)
+is part of the resume state.
+
+Micro-batches: `micro_batches` turns a rank's sequences into batches of at most `size` sequences, right-
+padded ([B, T] with an attention mask) or packed into one row with `cu_seqlens` (positions restart per
+sequence and attention never crosses a boundary, so the loss is the unpacked one, with no compute spent
+on padding). Targets are next tokens at assistant positions, -100 elsewhere. Under FSDP2 every rank must
+run the same number of forward/backward passes, so `pad_micro_batches` adds empty ones (no target) where
+a rank has fewer.
+
+Left out: dynamic batching by token budget, multimodal content, tool-call schemas in messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from atlas.model.tokenizer import Tokenizer, has_generation_blocks
+
+IGNORE = -100
+
+
+def as_conversation(example: Any) -> list[dict[str, Any]]:
+    """Chat messages of an example: an atlas.data.Example (prompt + completion), or a dict with
+    "messages", or with "prompt" (a string or messages) and "completion" (a string)."""
+    if hasattr(example, "prompt") and hasattr(example, "completion"):
+        if example.completion is None:
+            raise ValueError("an Example without a completion has nothing to learn from (SFT needs prompt + "
+                             "completion; build examples with atlas.data.gkd_examples or pass conversations)")
+        return [*example.prompt, {"role": "assistant", "content": example.completion}]
+    if isinstance(example, dict) and "messages" in example:
+        messages = example["messages"]
+    elif isinstance(example, dict) and "prompt" in example and "completion" in example:
+        prompt = example["prompt"]
+        prompt = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+        messages = [*prompt, {"role": "assistant", "content": example["completion"]}]
+    else:
+        raise ValueError(f"an example must be an atlas.data.Example, a dict with 'messages', or a dict with "
+                         f"'prompt' and 'completion'; got {str(example)[:120]!r}")
+    if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m for m in messages):
+        raise ValueError(f"messages must be a list of {{'role', 'content'}} dicts, got {str(messages)[:120]!r}")
+    return messages
+
+
+def prompt_messages(example: Any) -> list[dict[str, Any]]:
+    """The prompt of an example as chat messages: Example.prompt, or a dict's "prompt" (a string is one
+    user message), or a dict's "messages" without the final assistant turn."""
+    if hasattr(example, "prompt"):
+        return list(example.prompt)
+    if isinstance(example, dict) and "prompt" in example:
+        prompt = example["prompt"]
+        return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    if isinstance(example, dict) and "messages" in example:
+        messages = list(example["messages"])
+        while messages and messages[-1]["role"] == "assistant":
+            messages.pop()
+        if messages:
+            return messages
+    raise ValueError(f"an example needs a prompt (an atlas.data.Example, or a dict with 'prompt' or 'messages'); "
+                     f"got {str(example)[:120]!r}")
+
+
+def reference_of(example: Any) -> str | None:
+    """The reference answer of an example: Example.reference, or a dict's "reference" / "answer"."""
+    if hasattr(example, "reference"):
+        return example.reference
+    if isinstance(example, dict):
+        return example.get("reference", example.get("answer"))
+    return None
+
+
+def encode_conversation(tokenizer: Tokenizer, messages: list[dict[str, Any]],
+                        last_turn_only: bool = False) -> tuple[list[int], list[int]]:
+    """(token ids of the whole conversation, 0/1 mask of the assistant's tokens); see the module docstring."""
+    turns = [k for k, m in enumerate(messages) if m["role"] == "assistant"]
+    if not turns:
+        raise ValueError("a training conversation needs at least one assistant turn")
+    if tokenizer.chat_template is not None and has_generation_blocks(tokenizer.chat_template):
+        out = tokenizer.apply_chat_template(messages, add_generation_prompt=False, return_assistant_tokens_mask=True)
+        ids, mask = out["input_ids"], out["assistant_masks"]
+        if last_turn_only:
+            mask = _last_run(mask)
+        if not any(mask):
+            raise ValueError("the chat template's {% generation %} blocks marked no token of this conversation")
+        return ids, mask
+    full = tokenizer.apply_chat_template(messages, add_generation_prompt=False)
+    spans = []
+    for k in turns[-1:] if last_turn_only else turns:
+        if k == 0:
+            raise ValueError("a conversation cannot open with an assistant turn: there is no prompt to condition on")
+        prefix = tokenizer.apply_chat_template(messages[:k], add_generation_prompt=True)
+        upto = tokenizer.apply_chat_template(messages[:k + 1], add_generation_prompt=False)
+        if not (upto.startswith(prefix) and full.startswith(upto)):
+            raise ValueError(
+                f"the chat template renders turn {k} differently inside the whole conversation than on its own "
+                "(it rewrites earlier turns, as Qwen3's drops earlier reasoning), so which tokens are the "
+                "assistant's cannot be told for every turn; pass last_turn_only=True to train on the final "
+                "assistant turn only, or use a template with {% generation %} blocks")
+        spans.append((len(prefix), _turn_end(upto, len(prefix), tokenizer.eos_token)))
+    return tokenizer.encode_with_spans(full, spans)
+
+
+def _turn_end(text: str, start: int, eos: str | None) -> int:
+    """End of an assistant turn rendered at text[start:]: after its last end-of-turn token, else the text
+    without trailing whitespace."""
+    if eos:
+        at = text.rfind(eos, start)
+        if at >= 0:
+            return at + len(eos)
+    return len(text.rstrip())
+
+
+def _last_run(mask: list[int]) -> list[int]:
+    """Only the last contiguous run of 1s (the final assistant turn)."""
+    out = [0] * len(mask)
+    i = len(mask) - 1
+    while i >= 0 and not mask[i]:
+        i -= 1
+    while i >= 0 and mask[i]:
+        out[i] = 1
+        i -= 1
+    return out
+
+
+class DataOrder:
+    """The global order of examples: a seeded permutation per epoch; see the module docstring."""
+
+    def __init__(self, n: int, seed: int):
+        if n < 1:
+            raise ValueError("there are no training examples")
+        self.n, self.seed = n, seed
+        self.epoch, self.pos = 0, 0
+        self._perm: tuple[int, list[int]] | None = None
+
+    def take(self, k: int) -> list[int]:
+        out: list[int] = []
+        while len(out) < k:
+            perm = self._permutation()
+            take = min(k - len(out), self.n - self.pos)
+            out += perm[self.pos:self.pos + take]
+            self.pos += take
+            if self.pos == self.n:
+                self.epoch, self.pos = self.epoch + 1, 0
+        return out
+
+    def _permutation(self) -> list[int]:
+        if self._perm is None or self._perm[0] != self.epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            self._perm = (self.epoch, torch.randperm(self.n, generator=g).tolist())
+        return self._perm[1]
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "pos": self.pos, "n": self.n}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if state["n"] != self.n:
+            raise ValueError(f"the resume state was saved with {state['n']} training examples, this run has "
+                             f"{self.n}: resume needs the same data")
+        self.epoch, self.pos = state["epoch"], state["pos"]
+
+
+def shard(items: Sequence[Any], rank: int, world: int) -> list[Any]:
+    """This rank's share of a global batch (rank-strided)."""
+    return list(items[rank::world])
+
+
+@dataclass
+class MicroBatch:
+    input_ids_BT: torch.Tensor
+    targets_BT: torch.Tensor
+    attention_mask_BT: torch.Tensor | None  # padded batches
+    cu_seqlens: torch.Tensor | None  # packed batches (B = 1)
+
+    @property
+    def num_targets(self) -> int:
+        return int((self.targets_BT != IGNORE).sum())
+
+    def forward_kwargs(self) -> dict[str, torch.Tensor]:
+        if self.cu_seqlens is not None:
+            return {"cu_seqlens": self.cu_seqlens}
+        return {"attention_mask_BT": self.attention_mask_BT} if self.attention_mask_BT is not None else {}
+
+
+def targets_of(ids: list[int], mask: list[int]) -> list[int]:
+    """Next-token targets at the positions whose next token is the assistant's; IGNORE elsewhere."""
+    return [ids[t + 1] if mask[t + 1] else IGNORE for t in range(len(ids) - 1)] + [IGNORE]
+
+
+def micro_batches(sequences: Sequence[tuple[list[int], list[int]]], size: int, pack: bool, pad_id: int,
+                  device: torch.device | str = "cpu") -> list[MicroBatch]:
+    """Micro-batches of at most `size` (ids, assistant mask) sequences, in order; see the module docstring."""
+    out = []
+    for s in range(0, len(sequences), size):
+        group = sequences[s:s + size]
+        if pack:
+            ids = [t for ids, _ in group for t in ids]
+            targets = [t for ids, mask in group for t in targets_of(ids, mask)]
+            bounds = [0]
+            for ids_, _ in group:
+                bounds.append(bounds[-1] + len(ids_))
+            out.append(MicroBatch(torch.tensor([ids], device=device), torch.tensor([targets], device=device), None,
+                                  torch.tensor(bounds, dtype=torch.int32, device=device)))
+            continue
+        T = max(len(ids) for ids, _ in group)
+        ids_BT = torch.full((len(group), T), pad_id, dtype=torch.long)
+        targets_BT = torch.full((len(group), T), IGNORE, dtype=torch.long)
+        mask_BT = torch.zeros((len(group), T), dtype=torch.long)
+        for b, (ids, mask) in enumerate(group):
+            ids_BT[b, :len(ids)] = torch.tensor(ids)
+            targets_BT[b, :len(ids)] = torch.tensor(targets_of(ids, mask))
+            mask_BT[b, :len(ids)] = 1
+        padded = not bool(mask_BT.all())
+        out.append(MicroBatch(ids_BT.to(device), targets_BT.to(device), mask_BT.to(device) if padded else None, None))
+    return out
+
+
+def pad_micro_batches(batches: list[MicroBatch], count: int, pad_id: int,
+                      device: torch.device | str) -> list[MicroBatch]:
+    """Append empty micro-batches (one pad token, no target) up to `count`."""
+    empty = MicroBatch(torch.full((1, 1), pad_id, device=device), torch.full((1, 1), IGNORE, device=device), None,
+                       None)
+    return batches + [empty] * (count - len(batches))
