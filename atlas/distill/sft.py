@@ -1,0 +1,141 @@
+"""SFT: supervised fine-tuning on demonstrations (prompt + completion, or whole conversations).
+
+    loss = -(1 / N) * sum over assistant tokens t of log p(x_t | x_<t)
+
+N is the number of assistant tokens of the whole step: over every micro-batch and every rank (the same
+global-count rule as GRPO's token_mean), so neither micro-batching nor the world size changes the
+gradient. Prompt, system, user and tool tokens carry no loss; which tokens are the assistant's comes from
+the checkpoint's own chat template (atlas.train.data: `{% generation %}` blocks, else turn by turn), so
+every assistant turn of a multi-turn conversation is trained, or only the last with `last_turn_only`.
+Log-probabilities come from `model.token_logprobs` on hidden states: the LM head in chunks, never a
+[tokens x vocab] tensor. With `pack` (the default) a micro-batch's sequences share one row (`cu_seqlens`:
+no compute on padding; the same loss and gradients as padded rows).
+
+Data: any list of examples `atlas.train.data.as_conversation` reads (atlas.data.Example with a
+completion, {"prompt", "completion"}, {"messages"}); from runtime traces, `atlas.data.gkd_examples` over
+`load_sessions(src, min_reward=0.8, status="succeeded")` (approved only by default), as the original's
+SFT/GKD data. Conversations longer than `max_seq_len` tokens are dropped, counted and logged (truncating
+would cut off the answer being taught).
+
+Evaluation (`eval_every`, and by `evaluate`): the held-out loss per assistant token, and with a
+`reward_fn` the greedy success rate and completion length (atlas.train.evaluate).
+
+Left out: loss weighting per turn, NEFTune noise, LoRA.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+import atlas.distributed as ad
+from atlas.model import Transformer
+from atlas.train.data import as_conversation, encode_conversation, micro_batches, pad_micro_batches, shard
+from atlas.train.evaluate import greedy_eval
+from atlas.train.trainer import TrainConfig, Trainer
+
+logger = logging.getLogger("atlas.sft")
+
+
+@dataclass
+class SFTConfig(TrainConfig):
+    output_dir: str = "results/sft"
+    lr: float = 1e-5
+    batch_size: int = 32  # conversations per optimizer step, over all ranks
+    max_seq_len: int = 2048
+    pack: bool = True
+    last_turn_only: bool = False
+    eval_max_new_tokens: int = 64  # greedy evaluation, when a reward_fn is given
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key in ("batch_size", "max_seq_len", "eval_max_new_tokens"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"config key {key!r} must be > 0, got {getattr(self, key)!r}")
+
+
+@dataclass
+class Encoded:
+    ids: list[int]
+    mask: list[int]  # 1 on the assistant's tokens
+    example: Any
+
+    @property
+    def targets(self) -> int:
+        return sum(self.mask[1:])
+
+
+class SFT(Trainer):
+    """`SFT(model, tokenizer, SFTConfig(...)).train(examples, eval_examples)`; see the module docstring.
+
+    reward_fn: an optional `(prompts, completions, answers=...) -> list[float]` for the greedy success
+    rate at evaluation (examples need a reference answer).
+    """
+
+    def __init__(self, model: Transformer, tokenizer, config: SFTConfig, *,
+                 reward_fn: Callable[..., list[float]] | None = None):
+        super().__init__(model, tokenizer, config)
+        self.batch_size = config.batch_size
+        self.reward_fn = reward_fn
+        self.dropped: Counter[str] = Counter()
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def prepare(self, examples: Sequence[Any]) -> list[Encoded]:
+        out = []
+        for example in examples:
+            ids, mask = encode_conversation(self.tokenizer, as_conversation(example), self.config.last_turn_only)
+            if len(ids) > self.config.max_seq_len:
+                self.dropped["too_long"] += 1
+                continue
+            out.append(Encoded(ids, mask, example))
+        if self.dropped:
+            logger.warning("dropped %d conversations longer than max_seq_len=%d tokens", self.dropped["too_long"],
+                           self.config.max_seq_len)
+        if not out:
+            raise ValueError(f"no example is left to train on ({len(examples)} given, {dict(self.dropped)} dropped)")
+        return out
+
+    def step(self, batch: list[Encoded]) -> dict[str, float]:
+        total = sum(e.targets for e in batch)
+        if total == 0:
+            raise ValueError("this batch has no assistant token to train on")
+        nll = self._nll(batch, total, train=True)
+        out = self.optimizer_step()
+        return {"loss": nll / total, "tokens": sum(len(e.ids) for e in batch), "target_tokens": total, **out}
+
+    def evaluate(self, examples: Sequence[Encoded]) -> dict[str, float]:
+        examples = list(examples)
+        total = sum(e.targets for e in examples)
+        was_training = self.model.training
+        self.model.eval()
+        with torch.no_grad():
+            result = {"loss": self._nll(examples, total, train=False) / total}
+            if self.reward_fn is not None:
+                result.update(greedy_eval(self.model, self.tokenizer, [e.example for e in examples], self.reward_fn,
+                                          max_new_tokens=self.config.eval_max_new_tokens,
+                                          batch_size=self.config.micro_batch_size * 8))
+        self.model.train(was_training)
+        return result
+
+    def _nll(self, batch: list[Encoded], total: int, train: bool) -> float:
+        """Summed NLL of the assistant tokens of `batch` over every rank; with `train`, backward of the
+        global-count-normalised loss for each of this rank's micro-batches."""
+        world, size = ad.world_size(), self.config.micro_batch_size
+        mine = shard(batch, ad.rank(), world)
+        device = ad.device()
+        mbs = micro_batches([(e.ids, e.mask) for e in mine], size, self.config.pack, self.pad_id, device)
+        mbs = pad_micro_batches(mbs, math.ceil(math.ceil(len(batch) / world) / size), self.pad_id, device)
+        nll = torch.zeros((), dtype=torch.float64, device=device)
+        for mb in mbs:
+            hidden = self.model(mb.input_ids_BT, return_hidden=True, **mb.forward_kwargs())
+            logp = self.model.token_logprobs(hidden, mb.targets_BT)
+            if train:
+                self.backward(-logp.sum() / total)
+            nll += -logp.detach().sum().double()
+        return ad.all_reduce(nll).item()
