@@ -46,7 +46,7 @@ def build_default(out_dir: Path) -> Path:
     trainer = trainers.BpeTrainer(vocab_size=1024, special_tokens=SPECIALS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     hf_tok.train_from_iterator(CORPUS.splitlines() * 4, trainer)
-    tok = am.Tokenizer(hf_tok, {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"})
+    tok = am.Tokenizer(hf_tok, {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}, chat_template="chatml")
     config = am.ModelConfig(
         model_type="qwen2", vocab_size=1024, hidden_size=256, intermediate_size=704, num_hidden_layers=4,
         num_attention_heads=4, num_key_value_heads=2, head_dim=64, max_position_embeddings=2048,
