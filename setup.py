@@ -10,6 +10,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["atlas", "atlas.*"]),
+    # the embedded default's tokenizer and tiny checkpoints (atlas/embedded/models): a first run starts at once
+    package_data={"atlas.embedded": ["models/*.json", "models/*/*.json", "models/*/*.safetensors"]},
     entry_points={"console_scripts": ["atlas=atlas.cli:main"]},
     install_requires=[
         "torch>=2.6",

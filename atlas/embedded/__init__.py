@@ -1,0 +1,28 @@
+"""The embedded default: a synthetic verifiable task and the tiny checkpoints the examples start from.
+
+    from atlas.embedded import task, model_path
+    student = am.from_pretrained(model_path("student"))     # GRPO's start point and GKD's student
+    teacher = am.from_pretrained(model_path("teacher"))     # GKD's teacher
+
+The checkpoints are committed (atlas/embedded/models/, built once by `python -m atlas.embedded.build`),
+so a first run starts at once and the tests use the same files everywhere.
+"""
+
+from pathlib import Path
+
+from atlas.embedded import task
+
+MODELS = Path(__file__).resolve().parent / "models"
+
+
+def model_path(name: str) -> Path:
+    """The directory of an embedded checkpoint ("student", "teacher") or of "tokenizer"."""
+    path = MODELS / name
+    if not (path / "config.json").exists() and not (path / "tokenizer.json").exists():
+        raise ValueError(f"no embedded checkpoint {name!r} in {MODELS}: choose one of "
+                         f"{sorted(p.name for p in MODELS.iterdir() if p.is_dir())}, or rebuild with "
+                         "python -m atlas.embedded.build")
+    return path
+
+
+__all__ = ["MODELS", "model_path", "task"]
