@@ -323,14 +323,20 @@ def _hash(*words: int) -> tuple[int, int]:
     return lanes[0], lanes[1]
 
 
+def stream_seed(*words: int) -> int:
+    """A 64-bit seed from integers (e.g. a run's seed, a step, a prompt's global index): how trainers give
+    each prompt its own random stream, the same whichever rank samples it."""
+    a, b = _hash(*words)
+    return a << 32 | b
+
+
 def _prompt_seeds(prompt_seeds: list[int] | None, P: int, seed: int | None) -> list[int]:
     if prompt_seeds is not None:
         if len(prompt_seeds) != P or not all(isinstance(s, int) and not isinstance(s, bool) for s in prompt_seeds):
             raise ValueError(f"prompt_seeds must be a list of {P} ints (one per prompt), got {prompt_seeds!r}")
         return list(prompt_seeds)
     base = int(torch.randint(0, 2**62, ())) if seed is None else seed
-    a, b = zip(*(_hash(base, i) for i in range(P))) if P else ((), ())
-    return [x << 32 | y for x, y in zip(a, b)]
+    return [stream_seed(base, i) for i in range(P)]
 
 
 def uniforms(prompt_seeds: list[int], n: int, steps: int, device: torch.device | str) -> torch.Tensor:

@@ -118,12 +118,17 @@ class Trainer(ABC):
     # What a trainer implements
 
     @abstractmethod
-    def step(self, batch: list[Any]) -> dict[str, float]:
-        """One optimizer step on a global batch (the same list on every rank); metrics reduced over ranks."""
+    def step(self, batch: list[Any] | None) -> dict[str, float]:
+        """One optimizer step on a global batch (the same list on every rank; None when `needs_batch` said
+        no); metrics reduced over ranks."""
 
     @abstractmethod
     def evaluate(self, examples: Sequence[Any]) -> dict[str, float]:
         """Held-out metrics (without the eval_ prefix), reduced over ranks."""
+
+    def needs_batch(self) -> bool:
+        """Whether the next step takes a new batch of examples (GRPO with mu > 1 reuses its rollouts)."""
+        return True
 
     def prepare(self, examples: Sequence[Any]) -> list[Any]:
         """Turn user examples into what `step` takes (SFT tokenizes here); called once by `train`."""
@@ -158,7 +163,7 @@ class Trainer(ABC):
             if evaluating and self.step_count == 0:
                 metrics.log({"step": 0, **_prefixed(self.evaluate(eval_data))})
             while self.step_count < config.max_steps:
-                batch = [data[i] for i in self.order.take(self.batch_size)]
+                batch = [data[i] for i in self.order.take(self.batch_size)] if self.needs_batch() else None
                 t0 = time.perf_counter()
                 row = self.step(batch)
                 seconds = time.perf_counter() - t0

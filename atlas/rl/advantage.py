@@ -1,0 +1,40 @@
+"""Group-relative advantages: each completion's reward against the other completions of its prompt.
+
+    A_i = (r_i - mean_g) / (s + eps)      eps = 1e-4 (the original's), one value per completion
+
+with mean_g the mean reward of the G completions of the same prompt, and s, by `scale`:
+- "group" (GRPO, the default): the group's standard deviation (unbiased, as TRL computes it);
+- "batch": the standard deviation of all rewards of the step (over every rank), which keeps a group whose
+  rewards barely differ from getting advantages as large as one whose rewards differ a lot;
+- "none" (Dr. GRPO): no scaling, s + eps = 1.
+A group whose completions all score the same has A = 0 for all of them: it teaches nothing (the share of
+groups that do teach is logged as `mixed_group_frac`).
+
+Left out: leave-one-out baselines (RLOO), reward whitening across steps.
+"""
+
+from __future__ import annotations
+
+import torch
+
+SCALES = ("group", "batch", "none")
+EPS = 1e-4
+
+
+def group_advantages(rewards_PG: torch.Tensor, scale: str = "group", batch_std: float | None = None,
+                     eps: float = EPS) -> torch.Tensor:
+    """Advantages [P, G] for rewards [P, G] (P prompts, G completions each); `batch_std` is required for
+    scale="batch" (the caller reduces it over ranks)."""
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+    if rewards_PG.dim() != 2 or rewards_PG.shape[1] < 2:
+        raise ValueError(f"rewards must be [prompts, G] with G >= 2 completions per prompt, got "
+                         f"{tuple(rewards_PG.shape)}")
+    centred = rewards_PG - rewards_PG.mean(1, keepdim=True)
+    if scale == "group":
+        return centred / (rewards_PG.std(1, keepdim=True) + eps)
+    if scale == "batch":
+        if batch_std is None:
+            raise ValueError("scale='batch' needs the batch's reward standard deviation (batch_std)")
+        return centred / (batch_std + eps)
+    return centred

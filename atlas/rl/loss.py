@@ -1,0 +1,78 @@
+"""The GRPO policy loss: a clipped importance ratio per token, a k3 KL penalty to a reference, and the
+normalisation that turns per-token terms into one number.
+
+Per completion token t of sequence i (A_i its advantage, logp under the policy being trained, old under
+the policy that sampled, ref under the reference model):
+
+    rho_t  = exp(logp_t - old_t)
+    l_t    = -min(rho_t A_i, clip(rho_t, 1 - eps_low, 1 + eps_high) A_i)  +  beta * k3_t
+    k3_t   = exp(ref_t - logp_t) - (ref_t - logp_t) - 1                  (>= 0, unbiased for KL(pi || ref))
+
+Optionally each l_t is multiplied by a truncated importance weight w_t = min(exp(old_t - q_t), C) (detached),
+where q is the behaviour distribution actually sampled (the sampler's truncated top-k/top-p/min-p
+distribution): the exact correction for sampling from a truncated policy. Masked tokens (padding,
+prompts, optionally truncated completions) have l_t = 0.
+
+Normalisation (`norm`), with every count global (all micro-batches and ranks of the optimizer step):
+- "token_mean" (DAPO, the default): sum_{i,t} l_t / (number of valid tokens);
+- "seq_mean" (the original GRPO): sum_i (sum_t l_t / T_i) / (number of sequences);
+- "dr_grpo": sum_{i,t} l_t / (number of sequences * max_completion_len), a constant denominator.
+This function returns the *sum* of this micro-batch's share of that one number, so adding the micro-
+batches' losses (and FSDP's mean over ranks times the world size) gives the step's loss exactly.
+
+With one update per rollout batch (mu = 1), old = logp.detach(): rho = 1 and the clip never binds; only
+the gradient A * d logp flows. Left out: sequence-level ratios (GSPO), entropy bonuses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from atlas.kernels import kl
+
+NORMS = ("token_mean", "seq_mean", "dr_grpo")
+
+
+@dataclass
+class LossCounts:
+    """The step's global denominators."""
+
+    tokens: int  # valid tokens over every sequence of the step
+    sequences: int
+    max_completion_len: int
+
+
+def policy_loss(logp_BT: torch.Tensor, old_BT: torch.Tensor, adv_B: torch.Tensor, mask_BT: torch.Tensor,
+                counts: LossCounts, *, eps_low: float = 0.2, eps_high: float = 0.2, beta: float = 0.0,
+                ref_BT: torch.Tensor | None = None, weights_BT: torch.Tensor | None = None,
+                norm: str = "token_mean") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(this micro-batch's share of the step loss, per-token sums for the metrics: "kl", "clipped",
+    "tokens"); see the module docstring."""
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    mask = mask_BT.to(logp_BT.dtype)
+    ratio = torch.exp(logp_BT - old_BT)
+    adv = adv_B[:, None].to(logp_BT.dtype)
+    clipped_ratio = ratio.clamp(1 - eps_low, 1 + eps_high)
+    per_token = -torch.minimum(ratio * adv, clipped_ratio * adv)
+    stats = {"tokens": mask.sum().detach()}
+    clipped = ((ratio < 1 - eps_low) & (adv < 0)) | ((ratio > 1 + eps_high) & (adv > 0))
+    stats["clipped"] = (clipped.to(mask.dtype) * mask).sum().detach()
+    if beta > 0:
+        if ref_BT is None:
+            raise ValueError("beta > 0 needs the reference model's log-probabilities (ref_BT)")
+        k3 = kl(logp_BT, ref_BT, "k3")
+        per_token = per_token + beta * k3
+        stats["kl"] = (k3.detach() * mask).sum()
+    if weights_BT is not None:
+        per_token = per_token * weights_BT.detach()
+    per_token = per_token * mask
+    if norm == "token_mean":
+        loss = per_token.sum() / counts.tokens
+    elif norm == "seq_mean":
+        loss = (per_token.sum(1) / mask.sum(1).clamp(min=1)).sum() / counts.sequences
+    else:
+        loss = per_token.sum() / (counts.sequences * counts.max_completion_len)
+    return loss, stats
