@@ -24,10 +24,12 @@ Left out: asynchronous checkpointing, object-store paths, optimizer-state export
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +67,9 @@ def save_state(output_dir: str | Path, step: int, model: Transformer, optimizer:
         tmp.mkdir(parents=True)
     ad.barrier()
     model_sd, optim_sd = get_state_dict(model, optimizer)
-    single = not torch.distributed.is_initialized()
-    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp), no_dist=single)
+    with _one_process_is_fine():
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp),
+                 no_dist=not torch.distributed.is_initialized())
     torch.save(_rng_state(), tmp / f"rng.{ad.rank()}.pt")
     ad.barrier()
     if ad.is_main():
@@ -93,7 +96,8 @@ def load_state(path: str | Path, model: Transformer, optimizer: torch.optim.Opti
         raise ValueError(f"{path} is not a complete resume state (no COMPLETE marker): an interrupted save?")
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optim": optim_sd}
-    dcp.load(state, checkpoint_id=str(path), no_dist=not torch.distributed.is_initialized())
+    with _one_process_is_fine():
+        dcp.load(state, checkpoint_id=str(path), no_dist=not torch.distributed.is_initialized())
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     rng = path / f"rng.{ad.rank()}.pt"
     if rng.exists():
@@ -115,6 +119,14 @@ def export_hf(model: Transformer, out_dir: str | Path, tokenizer=None, dtype: to
         generation["pad_token_id"] = pad
     files = {"generation_config.json": json.dumps(generation, indent=2) + "\n", **(extra_files or {})}
     return save_pretrained(model, out_dir, tokenizer=tokenizer, dtype=dtype, extra_files=files)
+
+
+@contextlib.contextmanager
+def _one_process_is_fine():
+    """DCP warns at every save and load without a process group; one process is a supported case here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is .*unavailable or uninitialized")
+        yield
 
 
 def _rng_state() -> dict[str, Any]:

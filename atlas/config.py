@@ -49,6 +49,17 @@ def _yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # safe: _Loader is a SafeLoader
 
 
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML file holding a mapping (YAML 1.2 floats); a missing file or a non-mapping is a ValueError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file {str(path)!r} does not exist")
+    data = _yaml(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {str(path)!r} must hold a mapping of keys to values")
+    return data
+
+
 def check_types(config: Any, prefix: str = "") -> None:
     """Check (and normalise int -> float) every field of a config dataclass against its annotation."""
     hints = typing.get_type_hints(type(config))
@@ -208,14 +219,7 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 def load_config(cls: type[C], path: str | Path | None = None, overrides: Sequence[str] = ()) -> C:
     """`cls` from a YAML file (optional) with `key=value` overrides applied on top."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"config file {str(path)!r} does not exist")
-        data = _yaml(path.read_text(encoding="utf-8")) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"config file {str(path)!r} must hold a mapping of keys to values")
+    data = read_yaml(path) if path is not None else {}
     return from_dict(cls, merge(data, parse_overrides(overrides)))
 
 

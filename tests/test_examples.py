@@ -1,0 +1,54 @@
+"""The examples as a new user runs them (tiny budgets), and the committed embedded checkpoints."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import atlas.model as am
+from atlas.embedded import model_path, task
+from atlas.train.evaluate import greedy_eval
+from atlas.train.metrics import read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_embedded_checkpoints_are_where_the_examples_need_them():
+    """The student is weak but not hopeless (GRPO gets a signal), the teacher strong, the student smaller."""
+    scores = {}
+    for name in ("student", "teacher"):
+        path = model_path(name)
+        scores[name] = greedy_eval(am.from_pretrained(path), am.Tokenizer.from_pretrained(path),
+                                   task.examples("eval"), task.reward, max_new_tokens=12)["success_rate"]
+    assert 0.10 <= scores["student"] <= 0.40 and scores["teacher"] >= 0.90
+    sizes = {n: sum(p.numel() for p in am.from_pretrained(model_path(n)).parameters()) for n in scores}
+    assert sizes["student"] < sizes["teacher"]
+
+
+def _run(cmd, tmp_path):
+    out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def test_grpo_example_runs_and_reports(tmp_path):
+    stdout = _run([sys.executable, str(ROOT / "examples" / "grpo.py"), "max_steps=4", "eval_every=4",
+                   "save_every=2", "data.eval_limit=40", "--output-dir", "out"], tmp_path)
+    assert "reward: first 10% of steps" in stdout and "held-out accuracy:" in stdout
+    assert f"HF checkpoint: {tmp_path / 'out' / 'hf'}" in stdout or "HF checkpoint: out/hf" in stdout
+    assert [r["step"] for r in read_metrics(tmp_path / "out" / "metrics.jsonl")] == [0, 1, 2, 3, 4, 4]
+
+
+def test_sft_example_runs_and_reports(tmp_path):
+    stdout = _run([sys.executable, str(ROOT / "examples" / "sft.py"), "max_steps=3", "eval_every=3",
+                   "data.eval_limit=40", "train.output_dir=sft"], tmp_path)
+    assert "held-out loss:" in stdout and "held-out accuracy:" in stdout
+
+
+@pytest.mark.slow
+def test_the_readme_main_command_runs_on_two_processes(tmp_path):
+    stdout = _run(["torchrun", "--nproc_per_node=2", str(ROOT / "examples" / "grpo.py"), "max_steps=3",
+                   "eval_every=3", "data.eval_limit=20", "--output-dir", "two"], tmp_path)
+    assert stdout.count("HF checkpoint:") == 1  # global rank 0 alone reports
+    assert (tmp_path / "two" / "hf" / "model.safetensors").exists()
