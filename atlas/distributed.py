@@ -19,9 +19,10 @@ and computed with in `param_dtype`, and gradients are reduce-scattered in `reduc
 (dp_replicate x dp_shard) gives HSDP: sharded within a node, replicated across nodes. Gradients are
 averaged over all data-parallel ranks (FSDP2's default; call the model's `set_gradient_divide_factor` to
 change it), so a loss normalised by a global count is multiplied by the world size before backward.
-`Transformer.token_logprobs` is registered as an FSDP forward method, so the LM head is unsharded, cast
-and reduce-scattered as in forward. Mixed precision needs FSDP, so under plain `python` a param dtype is
-a ValueError (run under `torchrun --nproc_per_node=1`, or load the model in that dtype).
+`Transformer.token_logprobs` and `Transformer.generalized_jsd` are registered as FSDP forward methods, so
+the LM head is unsharded, cast and reduce-scattered as in forward. Mixed precision needs FSDP, so under
+plain `python` a param dtype is a ValueError (run under `torchrun --nproc_per_node=1`, or load the model
+in that dtype).
 
 Randomness: everything that decides results (data order, sampling seeds, initialisation) is derived from
 the global seed alone, identically on every rank, so the world size never changes them; what must
@@ -139,7 +140,8 @@ def parallelize(
     for block in model.layers:
         fully_shard(block, mesh=mesh, mp_policy=policy)
     fully_shard(model, mesh=mesh, mp_policy=policy)
-    register_fsdp_forward_method(model, "token_logprobs")
+    for method in ("token_logprobs", "generalized_jsd"):  # the LM head's other entry points
+        register_fsdp_forward_method(model, method)
     return model
 
 

@@ -1,10 +1,11 @@
 """Recipes: one YAML file says a whole run (model, data, trainer config); `atlas train` and examples/*.py
 run it through the same code.
 
-    recipe: grpo                        # sft | grpo
+    recipe: grpo                        # sft | grpo | gkd
     model: embedded:student             # a checkpoint directory, a hub id, or embedded:<name>
+    teacher: null                       # gkd: the teacher checkpoint (the same forms)
     chat_template: null                 # "chatml" or Jinja text, only for a checkpoint without one
-    reward: rule                        # grpo: rule (atlas.reward.answer_match) | rim (RIM judges)
+    reward: rule                        # grpo's reward, gkd's success test: rule (answer_match) | rim (RIM)
     data:
       source: embedded                  # embedded (the built-in task) | traces.jsonl | postgresql://...
       review_status: [approved]         # the Traces filters (atlas.data.load_sessions)
@@ -12,9 +13,9 @@ run it through the same code.
       status: null
       eval_fraction: 0.1
       eval_limit: 200                   # held-out examples evaluated (null: all)
-    train: {...}                        # the trainer's config: SFTConfig / GRPOConfig fields
+    train: {...}                        # the trainer's config: SFTConfig / GRPOConfig / GKDConfig fields
 
-Paths in a recipe (`model`, a JSONL `data.source`) resolve relative to the recipe file, never the
+Paths in a recipe (`model`, `teacher`, a JSONL `data.source`) resolve relative to the recipe file, never the
 working directory; `embedded:<name>` names a checkpoint shipped in the package (atlas/embedded). A relative
 `train.output_dir` is relative to the working directory (where results go is the caller's choice).
 
@@ -23,7 +24,7 @@ for the rule reward, completions for SFT. A trace source: sessions through `atla
 with the data filters (approved only by default; SFT's default data, as the original's, also wants
 `min_reward: 0.8` and `status: succeeded`, set in configs/sft.yaml), then `grpo_examples` (prompts,
 references = final answers) or `gkd_examples` (prompt + final answer), deduplicated and split by a stable
-hash of the task.
+hash of the task (GKD, like SFT, takes `gkd_examples`: its off-policy steps train on those completions).
 
 GRPO rewards. `rule`: atlas.reward.answer_match against each example's reference. `rim`: the RIM judges
 (atlas.reward.RIM, configured by $ATLAS_REWARD_CONFIG / ATLAS_JUDGE_*); the columns GRPO passes map to
@@ -49,11 +50,11 @@ import torch
 
 import atlas.distributed as ad
 from atlas.config import check_types, from_dict, merge, parse_overrides, read_yaml, to_dict
-from atlas.distill import SFT, SFTConfig
+from atlas.distill import GKD, SFT, GKDConfig, SFTConfig
 from atlas.rl import GRPO, GRPOConfig
 
 logger = logging.getLogger("atlas.recipes")
-TRAINERS: dict[str, type] = {"sft": SFTConfig, "grpo": GRPOConfig}
+TRAINERS: dict[str, type] = {"sft": SFTConfig, "grpo": GRPOConfig, "gkd": GKDConfig}
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
@@ -75,9 +76,10 @@ class DataSpec:
 
 @dataclass
 class Recipe:
-    recipe: Literal["sft", "grpo"]
+    recipe: Literal["sft", "grpo", "gkd"]
     train: Any  # the trainer's config dataclass, by `recipe`
     model: str = "embedded:student"
+    teacher: str | None = None
     chat_template: str | None = None
     reward: Literal["rule", "rim"] = "rule"
     data: DataSpec = field(default_factory=DataSpec)
@@ -142,7 +144,7 @@ def load_data(recipe: Recipe) -> tuple[list[Any], list[Any], dict[str, Any]]:
         sessions = load_sessions(source, review_status=spec.review_status, min_reward=spec.min_reward,
                                  learning_key=spec.learning_key, status=spec.status, limit=spec.limit,
                                  on_error=spec.on_error)
-        build = gkd_examples if recipe.recipe == "sft" else grpo_examples
+        build = grpo_examples if recipe.recipe == "grpo" else gkd_examples
         split = build(sessions, eval_fraction=spec.eval_fraction)
         train, evals = split.train, split.eval
         report = {"sessions": sessions.as_dict(), "examples": dict(split.counts)}
@@ -178,16 +180,21 @@ def rim_reward():
 
 def build(recipe: Recipe):
     """The trainer of a recipe, with its data: (trainer, train examples, eval examples, data report)."""
-    from atlas.embedded import task
+    from atlas.reward import answer_match as rule
 
     train, evals, report = load_data(recipe)
     model, tokenizer, _ = load_model(recipe, recipe.model, recipe.train.param_dtype)
     if recipe.recipe == "sft":
-        reward = task.reward if recipe.data.source == "embedded" else None
-        return SFT(model, tokenizer, recipe.train, reward_fn=reward), train, evals, report
-    from atlas.reward import answer_match
+        return SFT(model, tokenizer, recipe.train, reward_fn=rule), train, evals, report
+    if recipe.recipe == "gkd":
+        if recipe.teacher is None:
+            raise ValueError("the gkd recipe needs a teacher: set teacher: <checkpoint> (or --teacher)")
+        teacher, teacher_tokenizer, _ = load_model(recipe, recipe.teacher, recipe.train.param_dtype)
+        reward = rim_reward() if recipe.reward == "rim" else rule
+        return GKD(model, teacher, tokenizer, recipe.train, reward_fn=reward, teacher_tokenizer=teacher_tokenizer), \
+            train, evals, report
 
-    reward = rim_reward() if recipe.reward == "rim" else answer_match
+    reward = rim_reward() if recipe.reward == "rim" else rule
     ref = None
     if recipe.train.beta > 0 and ad.world_size() > 1:
         ref, _, _ = load_model(recipe, recipe.model, recipe.train.param_dtype)
@@ -258,6 +265,11 @@ def report_lines(result: dict[str, Any]) -> list[str]:
         lines.append(f"held-out accuracy: {before['eval_success_rate']:.1%} before, {after['eval_success_rate']:.1%} "
                      f"after ({after['eval_n']} questions, greedy); mean completion tokens "
                      f"{before['eval_mean_tokens']:.1f} -> {after['eval_mean_tokens']:.1f}")
+    if "eval_teacher_success_rate" in after:
+        lines.append(f"teacher (the ceiling): {after['eval_teacher_success_rate']:.1%} held-out, mean completion "
+                     f"tokens {after['eval_teacher_mean_tokens']:.1f}; student success delta "
+                     f"{after['eval_success_delta']:+.1f} points, "
+                     f"token reduction {after['eval_token_reduction_pct']:.1f}%")
     if result.get("interrupted"):
         lines.append("interrupted by SIGTERM: the resume state is saved; rerun with resume=true to continue")
     lines.append(f"HF checkpoint: {result['hf']}")

@@ -52,3 +52,11 @@ def test_the_readme_main_command_runs_on_two_processes(tmp_path):
                    "eval_every=3", "data.eval_limit=20", "--output-dir", "two"], tmp_path)
     assert stdout.count("HF checkpoint:") == 1  # global rank 0 alone reports
     assert (tmp_path / "two" / "hf" / "model.safetensors").exists()
+
+
+def test_gkd_example_runs_and_reports(tmp_path):
+    stdout = _run([sys.executable, str(ROOT / "examples" / "gkd.py"), "max_steps=3", "eval_every=3",
+                   "data.eval_limit=40", "--output-dir", "gkd"], tmp_path)
+    assert "held-out accuracy:" in stdout and "teacher (the ceiling):" in stdout
+    rows = read_metrics(tmp_path / "gkd" / "metrics.jsonl")
+    assert "eval_success_delta" in rows[-1] and "eval_token_reduction_pct" in rows[-1]

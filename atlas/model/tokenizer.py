@@ -103,6 +103,10 @@ class Tokenizer:
         """Size including added tokens (the model's embedding may be larger, padded for efficiency)."""
         return self._tok.get_vocab_size(with_added_tokens=True)
 
+    def get_vocab(self) -> dict[str, int]:
+        """Every piece (added tokens included) and its id."""
+        return self._tok.get_vocab(with_added_tokens=True)
+
     def token_to_id(self, token: str) -> int | None:
         return self._tok.token_to_id(token)
 

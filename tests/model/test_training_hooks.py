@@ -8,7 +8,8 @@ import torch
 
 import atlas.model as am
 import atlas.model.weights as weights
-from atlas.model.transformer import Block, rope_inv_freq
+from atlas.model.rope import rope_inv_freq
+from atlas.model.transformer import Block
 from tests.tiny import hf_model, save_hf
 
 
