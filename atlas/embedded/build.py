@@ -1,6 +1,7 @@
 """Build the embedded default's tokenizer and checkpoints, deterministically, with atlas's own SFT.
 
-    python -m atlas.embedded.build            # rewrites atlas/embedded/models/ (about 10 minutes on 2 cores)
+    python -m atlas.embedded.build            # rewrites atlas/embedded/models/ (about 15 minutes on 2 cores)
+    python -m atlas.embedded.build --only teaching   # only the teaching task's tokenizer and models
 
 What it makes (all Qwen2-architecture, tied embeddings, fp32 safetensors, a few MB in all):
 - the tokenizer: byte-level BPE trained on the task's text (task.corpus) with one token per digit
@@ -14,6 +15,10 @@ What it makes (all Qwen2-architecture, tied embeddings, fp32 safetensors, a few 
   hopeless, where GRPO gets a signal (the share of groups of 8 with mixed rewards is
   1 - p^8 - (1 - p)^8: 57% at p = 0.1, 94% at 0.3). It is GRPO's start point and GKD's student, so the
   GKD-vs-GRPO comparison starts both from one model.
+- the teaching task's tokenizer (trained on teaching.corpus()) and two models for examples/teacher.py:
+  `teaching-student` (hidden 96, 3 layers: the plain, diagnostic and taught prompts, stopped inside the
+  transition on the plain questions like the student) and `teaching-teacher` (hidden 128, 4 layers,
+  TEACHING_TEACHER_STEPS of SFT on teaching that is useful in 30% of its examples); see teaching.py.
 Fixed seeds make a rebuild on the same machine reproduce the files; another CPU may land elsewhere
 inside the transition (floating-point reductions differ), which is why the results are committed and
 the tests use the committed files. `models/build.json` records each model's steps, held-out figures and
@@ -35,7 +40,7 @@ from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
 import atlas.model as am
 from atlas.distill import SFT, SFTConfig
-from atlas.embedded import task
+from atlas.embedded import task, teaching
 from atlas.train.data import DataOrder
 from atlas.train.evaluate import greedy_eval
 
@@ -58,13 +63,14 @@ STUDENT = dict(hidden_size=96, intermediate_size=256, num_hidden_layers=3, num_a
 TEACHER_STEPS = 1500
 STUDENT_MAX_STEPS = 1500
 STUDENT_TARGET = 0.2
-EVAL_EVERY = {"teacher": 100, "student": 5}
+TEACHING_TEACHER_STEPS = 600
+EVAL_EVERY = {"teacher": 100, "student": 5, "teaching-student": 5, "teaching-teacher": 100}
 SFT_SETTINGS = dict(lr=1e-3, batch_size=64, micro_batch_size=64, warmup_ratio=0.03, weight_decay=0.0,
                     max_grad_norm=1.0, seed=0)
 EVAL_QUESTIONS = 200  # held-out questions evaluated while building (all 828 for the final figures)
 
 
-def build_tokenizer(out_dir: Path) -> am.Tokenizer:
+def build_tokenizer(out_dir: Path, corpus: list[str]) -> am.Tokenizer:
     tok = HFTokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
                                                  pre_tokenizers.ByteLevel(add_prefix_space=False)])
@@ -72,7 +78,7 @@ def build_tokenizer(out_dir: Path) -> am.Tokenizer:
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(vocab_size=VOCAB - len(SPECIALS), special_tokens=[],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(task.corpus(), trainer)
+    tok.train_from_iterator(corpus, trainer)
     tok.add_special_tokens(SPECIALS)
     out_dir.mkdir(parents=True, exist_ok=True)
     tok.save(str(out_dir / "tokenizer.json"))
@@ -92,18 +98,41 @@ def fresh_model(tokenizer: am.Tokenizer, shape: dict, seed: int) -> am.Transform
     return am.Transformer(config)
 
 
-def held_out(model, tokenizer, n: int | None = None) -> dict[str, float]:
-    questions = task.examples("eval")[:n]
-    return greedy_eval(model.eval(), tokenizer, questions, task.reward, max_new_tokens=12)
+def accuracy(model, tokenizer, examples, n: int | None = None, max_new_tokens: int = 12, reward=task.reward) -> float:
+    """Greedy held-out success rate on (the first n of) `examples`."""
+    return greedy_eval(model.eval(), tokenizer, examples[:n], reward, max_new_tokens=max_new_tokens)["success_rate"]
 
 
-def train(name: str, tokenizer, shape: dict, max_steps: int, stop_at: float | None) -> dict:
-    """SFT from a fresh init, driving `SFT.step` directly; with `stop_at`, stop at the first evaluation
-    (every EVAL_EVERY[name] steps, on EVAL_QUESTIONS held-out questions) at or above it."""
+def taught(hint) -> list[dict]:
+    """The held-out questions under the taught prompt with `hint(a, b)`."""
+    from atlas.rl.teacher import TAUGHT_PROMPT
+
+    return [{"prompt": TAUGHT_PROMPT.format(question=task.question(e.meta["a"], e.meta["b"]),
+                                            teaching=hint(e.meta["a"], e.meta["b"])), "answer": e.reference}
+            for e in task.examples("eval")]
+
+
+def useful_teaching_rate(model, tokenizer, n: int | None = None) -> float:
+    """Share of held-out teacher prompts whose greedy teaching is the useful, correct partial result."""
+    from atlas.rl.teacher import TEACHER_PROMPT, teaching_of
+
+    pairs = [(e.meta["a"], e.meta["b"]) for e in task.examples("eval")][:n]
+    prompts = [{"prompt": TEACHER_PROMPT.format(question=task.question(a, b), diagnostic=teaching.DIAGNOSTIC),
+                "answer": teaching.useful_hint(a, b)} for a, b in pairs]
+
+    def exact(prompts_, completions, answers, **_):
+        return [float(teaching_of(c) == a) for c, a in zip(completions, answers)]
+
+    return accuracy(model, tokenizer, prompts, max_new_tokens=40, reward=exact)
+
+
+def train(name: str, tokenizer, shape: dict, max_steps: int, stop_at: float | None, examples, score) -> dict:
+    """SFT from a fresh init, driving `SFT.step` directly; `score(model)` (a held-out rate) every
+    EVAL_EVERY[name] steps; with `stop_at`, stop at the first score at or above it."""
     model = fresh_model(tokenizer, shape, seed=1)
     trainer = SFT(model, tokenizer, SFTConfig(output_dir=f"results/embedded-build/{name}", max_steps=max_steps,
                                               **SFT_SETTINGS))
-    data = trainer.prepare(task.examples("train"))
+    data = trainer.prepare(examples)
     order = DataOrder(len(data), SFT_SETTINGS["seed"])
     t0, history, step = time.perf_counter(), [], 0
     while step < max_steps:
@@ -111,31 +140,64 @@ def train(name: str, tokenizer, shape: dict, max_steps: int, stop_at: float | No
         step += 1
         if step % EVAL_EVERY[name] and step != max_steps:
             continue
-        score = held_out(model, tokenizer, EVAL_QUESTIONS)
+        rate = score(model)
         model.train()
-        history.append({"step": step, **score})
-        print(f"{name}: step {step} held-out {score['success_rate']:.1%} ({time.perf_counter() - t0:.0f} s)",
-              flush=True)
-        if stop_at is not None and score["success_rate"] >= stop_at:
+        history.append({"step": step, "held_out": rate})
+        print(f"{name}: step {step} held-out {rate:.1%} ({time.perf_counter() - t0:.0f} s)", flush=True)
+        if stop_at is not None and rate >= stop_at:
             break
-    return {"model": model, "history": history, "steps": step}
+    return {"model": model.eval(), "history": history, "steps": step}
+
+
+def build_addition(out: Path) -> dict:
+    tokenizer = build_tokenizer(out / "tokenizer", task.corpus())
+    results = {}
+    plain = task.examples("eval")
+    for name, shape, steps, stop in (("teacher", TEACHER, TEACHER_STEPS, None),
+                                     ("student", STUDENT, STUDENT_MAX_STEPS, STUDENT_TARGET)):
+        result = train(name, tokenizer, shape, steps, stop, task.examples("train"),
+                       lambda m: accuracy(m, tokenizer, plain, EVAL_QUESTIONS))
+        final = greedy_eval(result["model"], tokenizer, plain, task.reward, max_new_tokens=12)
+        am.save_pretrained(result["model"], out / name, tokenizer=tokenizer)
+        results[name] = {"sft_steps": result["steps"], "held_out": final, "history": result["history"]}
+        print(f"{name}: {result['steps']} steps, held-out {final['success_rate']:.1%} over {final['n']}", flush=True)
+    return results
+
+
+def build_teaching(out: Path) -> dict:
+    tokenizer = build_tokenizer(out / "teaching-tokenizer", teaching.corpus())
+    plain = task.examples("eval")
+    student = train("teaching-student", tokenizer, STUDENT, STUDENT_MAX_STEPS, STUDENT_TARGET,
+                    teaching.student_examples(), lambda m: accuracy(m, tokenizer, plain, EVAL_QUESTIONS))
+    teacher = train("teaching-teacher", tokenizer, TEACHER, TEACHING_TEACHER_STEPS, None, teaching.teacher_examples(),
+                    lambda m: useful_teaching_rate(m, tokenizer, EVAL_QUESTIONS))
+    s = student["model"]
+    results = {
+        "teaching-student": {"sft_steps": student["steps"], "history": student["history"], "held_out": {
+            "alone": accuracy(s, tokenizer, plain), "useful_hint": accuracy(s, tokenizer, taught(teaching.useful_hint)),
+            "useless_hint": accuracy(s, tokenizer, taught(lambda a, b: teaching.USELESS))}},
+        "teaching-teacher": {"sft_steps": teacher["steps"], "history": teacher["history"],
+                             "held_out": {"useful_teaching": useful_teaching_rate(teacher["model"], tokenizer)}},
+    }
+    for name, result in (("teaching-student", student), ("teaching-teacher", teacher)):
+        am.save_pretrained(result["model"], out / name, tokenizer=tokenizer)
+        print(f"{name}: {results[name]['held_out']}", flush=True)
+    return results
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=MODELS)
+    ap.add_argument("--only", choices=["addition", "teaching"], help="rebuild one part (default: both)")
     args = ap.parse_args()
     torch.set_num_threads(2)
-    tokenizer = build_tokenizer(args.out / "tokenizer")
-    results = {}
-    for name, shape, steps, stop in (("teacher", TEACHER, TEACHER_STEPS, None),
-                                     ("student", STUDENT, STUDENT_MAX_STEPS, STUDENT_TARGET)):
-        result = train(name, tokenizer, shape, steps, stop)
-        final = held_out(result["model"], tokenizer)
-        am.save_pretrained(result["model"], args.out / name, tokenizer=tokenizer)
-        results[name] = {"sft_steps": result["steps"], "held_out": final, "history": result["history"]}
-        print(f"{name}: {result['steps']} steps, held-out {final['success_rate']:.1%} over {final['n']}", flush=True)
-    (args.out / "build.json").write_text(json.dumps(results, indent=2) + "\n")
+    record = args.out / "build.json"
+    results = json.loads(record.read_text()) if record.exists() else {}
+    if args.only in (None, "addition"):
+        results.update(build_addition(args.out))
+    if args.only in (None, "teaching"):
+        results.update(build_teaching(args.out))
+    record.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

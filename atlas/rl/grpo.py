@@ -223,10 +223,16 @@ class GRPO(Trainer):
 
     # one rollout batch
 
+    def prompts_for(self, batch: list[Any], mine: list[int]) -> list[Any]:
+        """The examples the policy samples from, by position in the global batch; only this rank's `mine`
+        are read. A subclass builds its prompts here (the teaching recipe asks its student first)."""
+        return batch
+
     def _rollout(self, batch: list[Any]) -> _Batch:
         config, G = self.config, self.config.num_generations
         step = self.step_count + 1
         t0 = time.perf_counter()
+        batch = self.prompts_for(batch, list(range(ad.rank(), len(batch), ad.world_size())))
         rollouts = sample_rollouts(self.model, self.tokenizer, batch, self.params, (config.seed, step), self.sampler)
         t1 = time.perf_counter()
         prompts = [_prompt(batch[r.prompt_index]) for r in rollouts]

@@ -1,0 +1,280 @@
+"""The adaptive-teaching recipe: GRPO where the policy is the teacher and a frozen student answers.
+
+Per question (each rank its share of the step's questions):
+1. the student answers alone (the baseline) and, asked with `diagnostic_prompt`, describes its approach;
+2. the teacher is prompted with `teacher_prompt` (the question and that diagnostic) and samples G
+   completions `<thinking>...</thinking><teaching>...</teaching>`; log-probabilities and gradients are
+   computed on exactly that prompt (the original computed them on p(teaching | question), a prompt the
+   teaching was never sampled from);
+3. the student answers again with only the `<teaching>` text added (`taught_prompt`); the teacher's
+   thinking never reaches it;
+4. the reward, by `reward_mode`:
+   - "rule": the asymmetric baseline-vs-taught rule against the ground truth (atlas.reward.answer_match):
+     teaching fixes a wrong answer: 1 + efficiency; both right: efficiency; teaching breaks a right
+     answer: -1; both wrong: 0; efficiency = max(0, 1 - taught answer length / baseline length);
+   - "rim": RIM judges (default helpfulness and process) shown the real question as the prompt, the
+     student's post-teaching answer as the response, and the teaching, diagnostic, baseline and reference
+     as context (the original's judges saw the teacher's text as the "student answer");
+   then minus `leak_penalty` when the teaching gives the answer away: the reference's final answer found
+   in the teaching after normalisation, numbers compared as numbers and numbers written in words
+   included ("eighty-five" leaks 85), never a raw substring test ("185" does not leak "85").
+The teacher is trained on the same model object its rollouts come from (the original's teacher sampler
+never got the updated weights). The student is any chat backend with `chat_batch` (atlas.reward):
+`LocalChatClient` for an atlas model in-process, `HTTPChatClient` for an OpenAI-compatible endpoint;
+it is called greedily and a failed call stops the run with its error (a reward of 0 for a lost answer
+would bias the teacher). Metrics per step: `baseline_accuracy`, `taught_accuracy`, `accuracy_delta`,
+`improvement_rate` (wrong -> right), `degradation_rate` (right -> wrong), `teaching_len` (tokens),
+`leak_rate`, `teaching_missing_frac`; the `best_samples` highest-reward teachings are kept in
+`output_dir/best_teaching.json` at every save. Prompts are templates in the config ({question},
+{diagnostic}, {teaching}); the defaults are written for this recipe.
+
+Left out: multi-step tasks with tool use, teaching a student that is itself being trained.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+import atlas.distributed as ad
+from atlas.model import Transformer
+from atlas.reward.clients import ChatRequest
+from atlas.reward.rules import answer_match, extract_final_answer
+from atlas.rl.grpo import GRPO, GRPOConfig
+from atlas.sampler import SamplingParams
+from atlas.train.data import prompt_messages, reference_of
+from atlas.train.rollout import sample_rollouts
+
+DIAGNOSTIC_PROMPT = "{question}\nDescribe your approach in one sentence."
+TEACHER_PROMPT = ("Question: {question}\nThe student's approach: {diagnostic}\n"
+                  "Think, then teach without giving the answer.")
+TAUGHT_PROMPT = "{question}\nTeaching: {teaching}"
+_TEACHING = re.compile(r"<teaching>(.*?)</teaching>", re.DOTALL)
+
+
+@dataclass
+class TeacherConfig(GRPOConfig):
+    output_dir: str = "results/teacher"
+    num_generations: int = 8
+    max_new_tokens: int = 256  # the teacher's thinking + teaching
+    student_model: str = "student"  # the model name the student backend serves
+    student_max_new_tokens: int = 256
+    diagnostic_max_new_tokens: int = 128
+    diagnostic_prompt: str = DIAGNOSTIC_PROMPT
+    teacher_prompt: str = TEACHER_PROMPT
+    taught_prompt: str = TAUGHT_PROMPT
+    reward_mode: Literal["rule", "rim"] = "rule"
+    leak_penalty: float = 1.0
+    best_samples: int = 16
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key, fields in (("diagnostic_prompt", ("question",)), ("teacher_prompt", ("question", "diagnostic")),
+                            ("taught_prompt", ("question", "teaching"))):
+            missing = [f for f in fields if "{" + f + "}" not in getattr(self, key)]
+            if missing:
+                raise ValueError(f"config key {key!r} must contain {', '.join('{' + f + '}' for f in missing)}")
+        if self.leak_penalty < 0:
+            raise ValueError(f"config key 'leak_penalty' must be >= 0, got {self.leak_penalty}")
+
+
+def teaching_of(completion: str) -> str | None:
+    """The text inside the teacher's last <teaching>...</teaching>, or None when there is none."""
+    found = _TEACHING.findall(completion)
+    return found[-1].strip() if found else None
+
+
+def asymmetric_reward(baseline_right: bool, taught_right: bool, baseline_len: int, taught_len: int) -> float:
+    efficiency = max(0.0, 1.0 - taught_len / baseline_len) if baseline_len > 0 else 0.0
+    if taught_right:
+        return (1.0 if not baseline_right else 0.0) + efficiency
+    return -1.0 if baseline_right else 0.0
+
+
+_UNITS = {w: i for i, w in enumerate(
+    ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
+     "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen"])}
+_TENS = {w: 10 * i for i, w in enumerate(
+    ["", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]) if i > 1}
+_SCALES = {"thousand": 1_000, "million": 1_000_000, "billion": 1_000_000_000}
+
+
+def numbers_in(text: str) -> list[float]:
+    """Every number in `text`: digits ("1,000", "-3.5", "3/4") and English number words ("eighty-five",
+    "one hundred and two", "three thousand"; "five six" is two numbers, punctuation ends one)."""
+    from fractions import Fraction
+
+    out: list[float] = []
+    for m in re.finditer(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?", text):
+        try:
+            out.append(float(Fraction(m.group().replace(",", ""))))
+        except (ValueError, ZeroDivisionError):
+            continue
+    words = re.findall(r"[a-z]+|[^a-z\s]", re.sub(r"(?<=[a-z])-(?=[a-z])", " ", text.lower()))
+    total = current = 0
+    last = None  # the previous number word, None outside a number
+
+    def close():
+        nonlocal total, current, last
+        if last is not None:
+            out.append(float(total + current))
+        total = current = 0
+        last = None
+
+    for w in [*words, None]:
+        if w in _UNITS:
+            if last in _UNITS or (last in _TENS and _UNITS[w] >= 10):
+                close()
+            current += _UNITS[w]
+        elif w in _TENS:
+            if last in _UNITS or last in _TENS:
+                close()
+            current += _TENS[w]
+        elif w == "hundred" and last in _UNITS:
+            current *= 100
+        elif w in _SCALES and last is not None:
+            total, current = total + current * _SCALES[w], 0
+        elif w == "and" and last in ("hundred", *_SCALES):
+            continue
+        else:
+            close()
+            continue
+        last = w
+    return out
+
+
+def leaks_answer(teaching: str, reference: str) -> bool:
+    """Whether `teaching` states the reference's final answer (see the module docstring)."""
+    answer = extract_final_answer(reference) or reference
+    numbers = numbers_in(answer)
+    if len(numbers) == 1 and re.fullmatch(r"[^A-Za-z]*", answer):
+        return any(abs(n - numbers[0]) <= 1e-9 * max(1.0, abs(numbers[0])) for n in numbers_in(teaching))
+    norm = lambda t: " ".join(re.findall(r"[a-z0-9]+", t.lower()))  # noqa: E731
+    return bool(norm(answer)) and f" {norm(answer)} " in f" {norm(teaching)} "
+
+
+class Teaching(GRPO):
+    """`Teaching(teacher, tokenizer, student_client, TeacherConfig(...)).train(examples, eval_examples)`.
+
+    examples: questions with references (atlas.data.Example, or dicts with "prompt" and "answer"/"reference").
+    student_client: a chat backend serving `config.student_model`. judge: a RIM for reward_mode "rim"."""
+
+    def __init__(self, teacher: Transformer, tokenizer, student_client, config: TeacherConfig,
+                 ref_model: Transformer | None = None, judge=None):
+        if config.reward_mode == "rim" and judge is None:
+            raise ValueError("reward_mode 'rim' needs a judge: pass judge=atlas.reward.RIM(...)")
+        self.student, self.judge = student_client, judge
+        super().__init__(teacher, tokenizer, [self.teaching_reward], config, ref_model)
+        self.stats = torch.zeros(8, dtype=torch.float64)
+        self.best: list[dict[str, Any]] = []
+
+    # the student
+
+    def ask(self, prompts: list[str], max_tokens: int) -> list[str]:
+        """The student's greedy answers to user messages; a failed call stops the run."""
+        requests = [ChatRequest.make(self.config.student_model, [{"role": "user", "content": p}], 0.0, max_tokens)
+                    for p in prompts]
+        results = self.student.chat_batch(requests) if requests else []
+        failed = [r.error for r in results if r.text is None]
+        if failed:
+            raise RuntimeError(f"the student failed {len(failed)} of {len(results)} calls, e.g. {failed[0]}")
+        return [r.text for r in results]
+
+    def prompts_for(self, batch: list[Any], mine: list[int]) -> list[Any]:
+        config = self.config
+        questions = [_question(batch[i]) for i in mine]
+        baselines = self.ask(questions, config.student_max_new_tokens)
+        diagnostics = self.ask([config.diagnostic_prompt.format(question=q) for q in questions],
+                               config.diagnostic_max_new_tokens)
+        out: list[Any] = [None] * len(batch)
+        for i, q, base, diag in zip(mine, questions, baselines, diagnostics):
+            teacher_prompt = config.teacher_prompt.format(question=q, diagnostic=diag)
+            out[i] = {"prompt": [{"role": "user", "content": teacher_prompt}], "question": q,
+                      "answers": reference_of(batch[i]), "baseline": base, "diagnostic": diag}
+        return out
+
+    # the reward
+
+    def teaching_reward(self, prompts: list[Any], completions: list[str], *, question: list[str],
+                        answers: list[str], baseline: list[str], diagnostic: list[str]) -> list[float]:
+        config = self.config
+        teachings = [teaching_of(c) for c in completions]
+        taught = self.ask([config.taught_prompt.format(question=q, teaching=t or "")
+                           for q, t in zip(question, teachings)], config.student_max_new_tokens)
+        base_right = answer_match(question, baseline, answers=answers)
+        taught_right = answer_match(question, taught, answers=answers)
+        if config.reward_mode == "rule":
+            rewards = [asymmetric_reward(b >= 1, t >= 1, len(bl), len(ta))
+                       for b, t, bl, ta in zip(base_right, taught_right, baseline, taught)]
+        else:
+            # a teacher that wrote no <teaching> block gave the student nothing: the judges are told so
+            shown = [t if t else "(the teacher wrote no <teaching> block)" for t in teachings]
+            rewards = self.judge(question, taught, teaching=shown, diagnostic=diagnostic, baseline=baseline,
+                                 reference=answers)
+        leaks = [t is not None and leaks_answer(t, a) for t, a in zip(teachings, answers)]
+        rewards = [r - config.leak_penalty * leak for r, leak in zip(rewards, leaks)]
+        lengths = [len(self.tokenizer.encode(t, add_special_tokens=False)) if t else 0 for t in teachings]
+        self.stats += torch.tensor([
+            sum(b >= 1 for b in base_right), sum(t >= 1 for t in taught_right),
+            sum(t >= 1 > b for b, t in zip(base_right, taught_right)),
+            sum(b >= 1 > t for b, t in zip(base_right, taught_right)), sum(lengths), sum(leaks),
+            sum(t is None for t in teachings), len(completions)], dtype=torch.float64)
+        for r, q, c, t, ta in zip(rewards, question, completions, teachings, taught):
+            self.best.append({"reward": r, "question": q, "teacher": c, "teaching": t, "student_after": ta,
+                              "step": self.step_count + 1})
+        self.best = sorted(self.best, key=lambda x: -x["reward"])[:config.best_samples]
+        return rewards
+
+    def _rollout(self, batch: list[Any]):
+        self.stats.zero_()
+        b = super()._rollout(batch)
+        (base, taught, improved, degraded, length, leaks, missing, n) = ad.all_reduce(
+            self.stats.to(ad.device())).tolist()
+        b.metrics.update(baseline_accuracy=base / n, taught_accuracy=taught / n, accuracy_delta=(taught - base) / n,
+                         improvement_rate=improved / n, degradation_rate=degraded / n, teaching_len=length / n,
+                         leak_rate=leaks / n, teaching_missing_frac=missing / n)
+        return b
+
+    # evaluation and saving
+
+    def evaluate(self, examples) -> dict[str, float]:
+        """The student alone vs with the teacher's greedy teaching, on held-out questions."""
+        config = self.config
+        mine = list(range(ad.rank(), len(examples), ad.world_size()))
+        prompts = self.prompts_for(list(examples), mine)
+        teacher_side = [prompts[i] for i in mine]
+        params = SamplingParams(max_new_tokens=config.max_new_tokens, temperature=0)
+        rollouts = sample_rollouts(self.model, self.tokenizer, prompts, params, (config.seed, -1), self.sampler)
+        teachings = [teaching_of(r.text) or "" for r in rollouts]
+        taught = self.ask([config.taught_prompt.format(question=p["question"], teaching=t)
+                           for p, t in zip(teacher_side, teachings)], config.student_max_new_tokens)
+        answers = [p["answers"] for p in teacher_side]
+        questions = [p["question"] for p in teacher_side]
+        base = answer_match(questions, [p["baseline"] for p in teacher_side], answers=answers)
+        after = answer_match(questions, taught, answers=answers)
+        sums = ad.all_reduce(torch.tensor([sum(base), sum(after), sum(t >= 1 > b for b, t in zip(base, after)),
+                                           sum(b >= 1 > t for b, t in zip(base, after)), len(base)],
+                                          dtype=torch.float64, device=ad.device())).tolist()
+        n = sums[4]
+        return {"baseline_accuracy": sums[0] / n, "taught_accuracy": sums[1] / n,
+                "accuracy_delta": (sums[1] - sums[0]) / n, "improvement_rate": sums[2] / n,
+                "degradation_rate": sums[3] / n, "n": int(n)}
+
+    def save(self) -> None:
+        super().save()
+        best = [s for part in ad.all_gather_object(self.best) for s in part]
+        if ad.is_main():
+            best = sorted(best, key=lambda x: -x["reward"])[:self.config.best_samples]
+            (self.output_dir / "best_teaching.json").write_text(json.dumps(best, indent=2) + "\n")
+
+
+def _question(example: Any) -> str:
+    """The question text: the content of the example's last user message."""
+    users = [m["content"] for m in prompt_messages(example) if m["role"] == "user"]
+    if not users:
+        raise ValueError(f"a teaching example needs a user question, got {str(example)[:120]!r}")
+    return users[-1]

@@ -1,0 +1,140 @@
+"""The teaching recipe: what each stage receives (a scripted student endpoint on 127.0.0.1 and scripted
+judges), the loss on exactly the sampled prompt, the asymmetric rule's four cases, the leak penalty, and a
+short embedded run where the teaching starts to help."""
+
+import re
+
+import pytest
+import torch
+
+import atlas.model as am
+import atlas.rl.grpo as grpo_module
+from atlas.embedded import model_path, task
+from atlas.reward import RIM, HTTPChatClient, RIMConfig
+from atlas.rl import TeacherConfig, Teaching
+from atlas.rl.teacher import asymmetric_reward, leaks_answer, numbers_in, teaching_of
+from atlas.train.metrics import read_metrics
+from tests.reward.server import Reply, ScriptedServer, evaluation
+
+QUESTIONS = task.examples("train")[:4]
+DIAGNOSTIC = "I line up the digits."
+
+
+def _answer_of(question: str) -> int:
+    a, b = map(int, re.findall(r"\d+", question)[:2])
+    return a + b
+
+
+def student_script(body, n):
+    """Alone the student is wrong; with any teaching that names the ones digits it is right."""
+    text = body["messages"][-1]["content"]
+    if "Describe your approach" in text:
+        return Reply(DIAGNOSTIC)
+    if "Teaching:" in text:
+        question, teaching = text.split("\nTeaching: ", 1)
+        right = re.search(r"\d \+ \d = \d+", teaching) is not None
+        return Reply(f"The answer is {_answer_of(question) if right else 0}.")
+    return Reply("The answer is 0.")
+
+
+def _teaching(tmp_path, client, **overrides):
+    path = model_path("teaching-teacher")
+    config = TeacherConfig(**{"output_dir": str(tmp_path / "run"), "max_steps": 1, "lr": 1e-4, "prompts_per_step": 4,
+                              "num_generations": 4, "max_new_tokens": 40, "student_max_new_tokens": 12,
+                              "micro_batch_size": 16, "beta": 0.0, **overrides})
+    return Teaching(am.from_pretrained(path), am.Tokenizer.from_pretrained(path), client, config)
+
+
+def test_each_stage_receives_what_it_should_and_the_loss_uses_the_sampled_prompt(tmp_path, monkeypatch):
+    seen = []
+    real_rollouts = grpo_module.sample_rollouts
+    monkeypatch.setattr(grpo_module, "sample_rollouts", lambda *a: seen.append(real_rollouts(*a)) or seen[-1])
+    with ScriptedServer(student_script) as server:
+        trainer = _teaching(tmp_path, HTTPChatClient(server.base_url))
+        forwards = []
+        real_forward = trainer.model.forward
+        trainer.model.forward = lambda ids, **kw: forwards.append(ids.tolist()) or real_forward(ids, **kw)
+        row = trainer.step(QUESTIONS)
+        requests = [b["messages"][-1]["content"] for b in server.requests]
+    rollouts = seen[0]
+    tok = trainer.tokenizer
+    for r in rollouts:
+        prompt = tok.decode(r.prompt_ids)
+        question = QUESTIONS[r.prompt_index].prompt[0]["content"]
+        assert question in prompt and DIAGNOSTIC in prompt  # the teacher sees the question and the diagnostic
+    taught = [t for t in requests if "Teaching:" in t]
+    assert len(taught) == 16
+    teachings = sorted((teaching_of(r.text) or "") for r in rollouts)
+    assert sorted(t.split("\nTeaching: ", 1)[1] for t in taught) == teachings
+    assert not any("<thinking>" in t or "thinking" in t.split("\nTeaching: ", 1)[1] for t in taught)
+    # the trainer's last forward (the loss's) ran on exactly the sampled prompts + completions, right-padded
+    rows = [tuple(row) for row in forwards[-1]]
+    assert len(rows) == 16 and all(any(row[:len(r.sequence)] == tuple(r.sequence) for row in rows) for r in rollouts)
+    assert row["baseline_accuracy"] == 0.0 and 0 <= row["taught_accuracy"] <= 1
+
+
+def test_the_judges_see_the_post_teaching_answer(tmp_path):
+    judged = []
+
+    def judges(body, n):
+        judged.append(body["messages"][-1]["content"])
+        return Reply(evaluation(0.8))
+
+    with ScriptedServer(student_script) as student, ScriptedServer(judges) as judge_server:
+        rim = RIM(RIMConfig(base_url=judge_server.base_url, small_model="s", large_model="l",
+                            active_judges=("helpfulness", "process")))
+        path = model_path("teaching-teacher")
+        config = TeacherConfig(output_dir=str(tmp_path / "run"), max_steps=1, prompts_per_step=2, num_generations=2,
+                               max_new_tokens=40, student_max_new_tokens=12, beta=0.0, reward_mode="rim")
+        trainer = Teaching(am.from_pretrained(path), am.Tokenizer.from_pretrained(path),
+                           HTTPChatClient(student.base_url), config, judge=rim)
+        trainer.step(QUESTIONS[:2])
+        answers = [student_script({"messages": [{"content": b["messages"][-1]["content"]}]}, 0).content
+                   for b in student.requests if "Teaching:" in b["messages"][-1]["content"]]
+    assert judged
+    for answer in set(answers):
+        assert any(answer in j for j in judged)  # the response judged is the student's answer after teaching
+    assert all(QUESTIONS[0].prompt[0]["content"] in j or QUESTIONS[1].prompt[0]["content"] in j for j in judged)
+
+
+@pytest.mark.parametrize("baseline, taught, expected", [(False, True, 1.5), (True, True, 0.5), (True, False, -1.0),
+                                                         (False, False, 0.0)])
+def test_the_asymmetric_rule(baseline, taught, expected):
+    assert asymmetric_reward(baseline, taught, baseline_len=10, taught_len=5) == expected  # efficiency 0.5
+    no_gain = expected - 0.5 if taught else expected  # a longer taught answer earns no efficiency
+    assert asymmetric_reward(baseline, taught, baseline_len=10, taught_len=20) == no_gain
+
+
+def test_leaks_are_found_on_normalised_answers_not_substrings():
+    assert leaks_answer("the sum is eighty-five", "85") and leaks_answer("it is 85.", "The answer is 85.")
+    assert not leaks_answer("7 + 8 = 15", "85") and not leaks_answer("185 apples", "85")
+    assert leaks_answer("Think of Paris.", "Paris") and not leaks_answer("Think of France.", "Paris")
+    assert numbers_in("one hundred and two, 3/4") == [0.75, 102.0]
+
+
+def test_a_leaking_teaching_is_penalised(tmp_path):
+    with ScriptedServer(student_script) as server:
+        trainer = _teaching(tmp_path, HTTPChatClient(server.base_url), leak_penalty=2.0)
+        q = QUESTIONS[0].prompt[0]["content"]
+        answer = str(_answer_of(q))
+        rewards = trainer.teaching_reward(
+            [q] * 2, [f"<teaching>7 + 8 = 15, so it is {answer}</teaching>", "<teaching>7 + 8 = 15</teaching>"],
+            question=[q] * 2, answers=[answer] * 2, baseline=["The answer is 0."] * 2, diagnostic=[DIAGNOSTIC] * 2)
+    # both teachings make the student right (1 + efficiency 0); the one that gives the answer pays 2
+    assert rewards == [pytest.approx(1.0 - 2.0), pytest.approx(1.0)]
+
+
+def test_a_short_embedded_run_makes_the_teaching_help(tmp_path):
+    from atlas.reward.local import LocalChatClient
+
+    student_path = model_path("teaching-student")
+    student = am.from_pretrained(student_path)
+    client = LocalChatClient({"student": (student, am.Tokenizer.from_pretrained(student_path))})
+    trainer = _teaching(tmp_path, client, max_steps=60, prompts_per_step=8, num_generations=8, micro_batch_size=64,
+                        eval_every=60, student_max_new_tokens=12, diagnostic_max_new_tokens=24, beta=0.04)
+    trainer.train(task.examples("train"), task.examples("eval")[:100])
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    evals = [r for r in rows if "eval_taught_accuracy" in r]
+    assert evals[-1]["eval_taught_accuracy"] > evals[0]["eval_taught_accuracy"]
+    assert (tmp_path / "run" / "best_teaching.json").exists()
+    assert torch.isfinite(torch.tensor([r["loss"] for r in rows if "loss" in r])).all()
