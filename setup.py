@@ -34,7 +34,10 @@ setup(
             "trl>=1.0",
             "ruff>=0.6",
             "psutil>=5.9",
+            "matplotlib>=3.7",
         ],
         "flash": ["flash-attn>=2.6"],
+        "plot": ["matplotlib>=3.7"],
+        "wandb": ["wandb>=0.16"],
     },
 )

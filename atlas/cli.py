@@ -2,13 +2,16 @@
 
     atlas traces stats SOURCE [--review-status S ...] [--status S ...] [--min-reward X]
                               [--learning-key K] [--created-after ISO] [--limit N] [--skip-malformed] [--json]
+    atlas train RECIPE.yaml [--dry-run] [key=value ...]    # traces=SOURCE, min_reward=0.8, lr=1e-5, model=...
+    atlas eval CHECKPOINT [--config RECIPE.yaml] [key=value ...]   # held-out success rate, mean tokens
+    atlas plot RUN_DIR [--out FILE.png]                    # curves of metrics.jsonl
 
 Each command is a subparser whose handler takes the parsed arguments and returns the exit code; later
 commands (`atlas train ...`) are added the same way in `build_parser`. Bad input (a malformed trace, an
 unreachable database) ends with a one-line error on stderr and exit code 2 (1 for connection failures),
 not a traceback.
 
-Left out: configuration files and shell completion.
+Left out: shell completion.
 """
 
 from __future__ import annotations
@@ -47,7 +50,58 @@ def build_parser() -> argparse.ArgumentParser:
                        help="skip and count malformed records instead of stopping at the first")  # fmt: skip
     stats.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     stats.set_defaults(handler=_traces_stats)
+
+    train = commands.add_parser(
+        "train", help="run a recipe (configs/sft.yaml, grpo.yaml, gkd.yaml, teacher.yaml)",
+        description="Train from a recipe. Overrides: traces=SOURCE (a JSONL export or postgresql:// URL), the data "
+        "filters (review_status=, min_reward=, status=, learning_key=, limit=), recipe keys (model=, teacher=, "
+        "reward=) and trainer keys (lr=, max_steps=, output_dir=, resume=true, ...).")
+    train.add_argument("recipe", help="a recipe YAML")
+    train.add_argument("--dry-run", action="store_true",
+                       help="print the resolved recipe and what it would train on, then exit (offline)")
+    train.add_argument("overrides", nargs="*", metavar="key=value")
+    train.set_defaults(handler=_train)
+
+    ev = commands.add_parser("eval", help="held-out greedy success rate and mean tokens of a checkpoint",
+                             description="Evaluate a checkpoint on the eval split atlas train holds out (the same "
+                             "data settings give the same split).")
+    ev.add_argument("checkpoint", help="a checkpoint directory (e.g. results/<run>/hf) or embedded:<name>")
+    ev.add_argument("--config", help="the recipe whose data and reward to use (default: configs/grpo.yaml)")
+    ev.add_argument("overrides", nargs="*", metavar="key=value", help="traces=SOURCE, data filters, reward=rim")
+    ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.set_defaults(handler=_eval)
+
+    plot = commands.add_parser("plot", help="reward / loss / KL / accuracy curves of a run to a PNG")
+    plot.add_argument("run_dir", help="a run's output_dir (holding metrics.jsonl)")
+    plot.add_argument("--out", help="the PNG to write (default: RUN_DIR/metrics.png)")
+    plot.set_defaults(handler=_plot)
     return parser
+
+
+def _train(args: argparse.Namespace) -> int:
+    from atlas.recipes import execute, expand_overrides, load_recipe
+
+    return execute(load_recipe(args.recipe, expand_overrides(args.overrides)), dry_run=args.dry_run)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from atlas.recipes import evaluate_checkpoint, expand_overrides, load_recipe
+
+    result = evaluate_checkpoint(args.checkpoint, load_recipe(args.config, expand_overrides(args.overrides),
+                                                              default="grpo"))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{result['checkpoint']}: held-out success rate {result['success_rate']:.1%}, mean completion tokens "
+              f"{result['mean_tokens']:.1f} ({result['n']} examples, greedy)")
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from atlas.train.plot import plot_run
+
+    print(plot_run(args.run_dir, args.out))
+    return 0
 
 
 def _traces_stats(args: argparse.Namespace) -> int:
@@ -63,7 +117,13 @@ def _traces_stats(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may come after an option (`train R.yaml --dry-run traces=x`): argparse leaves those
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     try:
         return args.handler(args)

@@ -1,9 +1,11 @@
 """Recipes: one YAML file says a whole run (model, data, trainer config); `atlas train` and examples/*.py
 run it through the same code.
 
-    recipe: grpo                        # sft | grpo | gkd
-    model: embedded:student             # a checkpoint directory, a hub id, or embedded:<name>
+    recipe: grpo                        # sft | grpo | gkd | teacher
+    model: embedded:student             # the model trained: a checkpoint directory, a hub id, embedded:<name>
     teacher: null                       # gkd: the teacher checkpoint (the same forms)
+    student: null                       # teacher recipe: the frozen student's checkpoint, run in-process, or
+    student_endpoint: null              #   an OpenAI-compatible base URL serving train.student_model
     chat_template: null                 # "chatml" or Jinja text, only for a checkpoint without one
     reward: rule                        # grpo's reward, gkd's success test: rule (answer_match) | rim (RIM)
     data:
@@ -51,10 +53,10 @@ import torch
 import atlas.distributed as ad
 from atlas.config import check_types, from_dict, merge, parse_overrides, read_yaml, to_dict
 from atlas.distill import GKD, SFT, GKDConfig, SFTConfig
-from atlas.rl import GRPO, GRPOConfig
+from atlas.rl import GRPO, GRPOConfig, TeacherConfig, Teaching
 
 logger = logging.getLogger("atlas.recipes")
-TRAINERS: dict[str, type] = {"sft": SFTConfig, "grpo": GRPOConfig, "gkd": GKDConfig}
+TRAINERS: dict[str, type] = {"sft": SFTConfig, "grpo": GRPOConfig, "gkd": GKDConfig, "teacher": TeacherConfig}
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
@@ -76,10 +78,12 @@ class DataSpec:
 
 @dataclass
 class Recipe:
-    recipe: Literal["sft", "grpo", "gkd"]
+    recipe: Literal["sft", "grpo", "gkd", "teacher"]
     train: Any  # the trainer's config dataclass, by `recipe`
     model: str = "embedded:student"
     teacher: str | None = None
+    student: str | None = None
+    student_endpoint: str | None = None
     chat_template: str | None = None
     reward: Literal["rule", "rim"] = "rule"
     data: DataSpec = field(default_factory=DataSpec)
@@ -144,7 +148,7 @@ def load_data(recipe: Recipe) -> tuple[list[Any], list[Any], dict[str, Any]]:
         sessions = load_sessions(source, review_status=spec.review_status, min_reward=spec.min_reward,
                                  learning_key=spec.learning_key, status=spec.status, limit=spec.limit,
                                  on_error=spec.on_error)
-        build = grpo_examples if recipe.recipe == "grpo" else gkd_examples
+        build = grpo_examples if recipe.recipe in ("grpo", "teacher") else gkd_examples
         split = build(sessions, eval_fraction=spec.eval_fraction)
         train, evals = split.train, split.eval
         report = {"sessions": sessions.as_dict(), "examples": dict(split.counts)}
@@ -178,8 +182,27 @@ def rim_reward():
     return rim_judges
 
 
+def provenance(recipe: Recipe, train: list[Any], evals: list[Any], report: dict[str, Any]) -> dict[str, Any]:
+    """What a deployed checkpoint was trained from: the recipe (credentials redacted), the data source,
+    its filters, the sessions kept and excluded, a digest of the session ids, atlas's version."""
+    import hashlib
+
+    import atlas
+
+    ids = sorted(str(e.meta["session_id"]) for e in [*train, *evals]
+                 if getattr(e, "meta", None) and e.meta.get("session_id") is not None)
+    return {"atlas_version": atlas.__version__, "recipe": describe(recipe), "data": report,
+            "session_ids": {"count": len(ids), "sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest()}}
+
+
 def build(recipe: Recipe):
     """The trainer of a recipe, with its data: (trainer, train examples, eval examples, data report)."""
+    trainer, train, evals, report = _trainer(recipe)
+    trainer.provenance = provenance(recipe, train, evals, report)
+    return trainer, train, evals, report
+
+
+def _trainer(recipe: Recipe):
     from atlas.reward import answer_match as rule
 
     train, evals, report = load_data(recipe)
@@ -194,6 +217,8 @@ def build(recipe: Recipe):
         return GKD(model, teacher, tokenizer, recipe.train, reward_fn=reward, teacher_tokenizer=teacher_tokenizer), \
             train, evals, report
 
+    if recipe.recipe == "teacher":
+        return _teaching(recipe, model, tokenizer), train, evals, report
     reward = rim_reward() if recipe.reward == "rim" else rule
     ref = None
     if recipe.train.beta > 0 and ad.world_size() > 1:
@@ -201,12 +226,44 @@ def build(recipe: Recipe):
     return GRPO(model, tokenizer, reward, recipe.train, ref_model=ref), train, evals, report
 
 
+def _teaching(recipe: Recipe, teacher, tokenizer):
+    """The teaching recipe's trainer: the teacher trained, the student served in-process or over HTTP."""
+    from atlas.reward import RIM, HTTPChatClient, RIMConfig
+    from atlas.reward.local import LocalChatClient
+
+    config = recipe.train
+    if (recipe.student is None) == (recipe.student_endpoint is None):
+        raise ValueError("the teacher recipe needs exactly one student: student: <checkpoint> (run in-process) or "
+                         "student_endpoint: <OpenAI-compatible base URL> (serving train.student_model)")
+    if recipe.student_endpoint is not None:
+        client = HTTPChatClient(recipe.student_endpoint)
+    else:
+        import atlas.model as am
+
+        path = resolve_path(recipe.student, recipe.base_dir)
+        student = am.from_pretrained(path, device=ad.device()).requires_grad_(False)
+        client = LocalChatClient({config.student_model: (student, am.Tokenizer.from_pretrained(path))})
+    judge = None
+    if config.reward_mode == "rim":
+        judge = RIM(RIMConfig.load(active_judges=("helpfulness", "process")))
+    ref = None
+    if config.beta > 0 and ad.world_size() > 1:
+        ref, _, _ = load_model(recipe, recipe.model, config.param_dtype)
+    return Teaching(teacher, tokenizer, client, config, ref_model=ref, judge=judge)
+
+
 def describe(recipe: Recipe) -> dict[str, Any]:
-    return {k: v for k, v in to_dict(recipe).items() if k != "base_dir"} | {
-        "train": to_dict(recipe.train), "data": dataclasses.asdict(recipe.data)}
+    """The resolved recipe as data, a Postgres password in data.source replaced by ***."""
+    from atlas.data.postgres import redact_url
+
+    data = dataclasses.asdict(recipe.data)
+    data["source"] = redact_url(data["source"]) if data["source"].startswith(("postgresql:", "postgres:")) else \
+        data["source"]
+    return {k: v for k, v in to_dict(recipe).items() if k != "base_dir"} | {"train": to_dict(recipe.train),
+                                                                             "data": data}
 
 
-def dry_run(recipe: Recipe) -> dict[str, Any]:
+def dry_run_report(recipe: Recipe) -> dict[str, Any]:
     """What `run` would do, without loading weights or training: the resolved recipe, the data (sessions
     kept and excluded by reason, examples per split) and one rendered prompt."""
     import atlas.model as am
@@ -265,6 +322,11 @@ def report_lines(result: dict[str, Any]) -> list[str]:
         lines.append(f"held-out accuracy: {before['eval_success_rate']:.1%} before, {after['eval_success_rate']:.1%} "
                      f"after ({after['eval_n']} questions, greedy); mean completion tokens "
                      f"{before['eval_mean_tokens']:.1f} -> {after['eval_mean_tokens']:.1f}")
+    if "eval_taught_accuracy" in before:
+        lines.append(f"student held-out accuracy alone / with the teacher's teaching: start "
+                     f"{before['eval_baseline_accuracy']:.1%} / {before['eval_taught_accuracy']:.1%}, end "
+                     f"{after['eval_baseline_accuracy']:.1%} / {after['eval_taught_accuracy']:.1%} "
+                     f"({after['eval_n']} questions, greedy)")
     if "eval_teacher_success_rate" in after:
         lines.append(f"teacher (the ceiling): {after['eval_teacher_success_rate']:.1%} held-out, mean completion "
                      f"tokens {after['eval_teacher_mean_tokens']:.1f}; student success delta "
@@ -276,11 +338,47 @@ def report_lines(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-def main(argv: list[str] | None = None, default: str | None = None, flags: dict[str, str] | None = None) -> int:
-    """A recipe's command line: [--config FILE] [--dry-run] [preset flags] [key=value ...]; `flags` maps an
-    example's own options (e.g. "--model") to recipe keys (e.g. "model")."""
-    import argparse
+DATA_KEYS = {f.name for f in dataclasses.fields(DataSpec)}
+
+
+def expand_overrides(overrides: list[str]) -> list[str]:
+    """Command-line shorthands: `traces=SOURCE` is data.source, a data filter (`min_reward=0.8`) is
+    data.<key>, a recipe key (`model=...`) stays, anything else (`lr=1e-5`) is train.<key>."""
+    out = []
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        head = key.split(".")[0]
+        if key == "traces":
+            out.append("data.source=" + item.split("=", 1)[1])
+        elif "." not in key and key in DATA_KEYS:
+            out.append(f"data.{item}")
+        elif head in _TOP_KEYS:
+            out.append(item)
+        else:
+            out.append(f"train.{item}")
+    return out
+
+
+def execute(recipe: Recipe, dry_run: bool = False) -> int:
+    """Run (or with `dry_run` describe) a recipe, printing its closing lines on global rank 0."""
     import json
+
+    try:
+        if dry_run:
+            print(json.dumps(dry_run_report(recipe), indent=2, default=str))
+            return 0
+        result = run(recipe)
+        if ad.is_main():
+            print("\n".join(report_lines(result)))
+        return 0
+    finally:
+        ad.shutdown()
+
+
+def main(argv: list[str] | None = None, default: str | None = None, flags: dict[str, str] | None = None) -> int:
+    """An example's command line: [--config FILE] [--dry-run] [its flags] [key=value ...]; `flags` maps
+    its own options (e.g. "--model") to recipe keys (e.g. "model")."""
+    import argparse
     import sys
 
     ap = argparse.ArgumentParser(description=f"run the {default or ''} recipe".strip())
@@ -288,25 +386,39 @@ def main(argv: list[str] | None = None, default: str | None = None, flags: dict[
     ap.add_argument("--dry-run", action="store_true", help="print the resolved recipe and its data, then exit")
     for flag, key in (flags or {}).items():
         ap.add_argument(flag, dest=key.replace(".", "__"), metavar=key.upper().split(".")[-1], help=f"sets {key}")
-    ap.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides (train.lr=1e-5 ...)")
-    args = ap.parse_args(argv)
+    ap.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides (lr=1e-5, traces=...)")
+    args, extra = ap.parse_known_args(argv)
+    if any("=" not in e or e.startswith("-") for e in extra):
+        ap.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.overrides += extra  # key=value after an option
     overrides = [f"{key}={getattr(args, key.replace('.', '__'))}" for key in (flags or {}).values()
                  if getattr(args, key.replace(".", "__")) is not None]
-    overrides += [o if o.split("=", 1)[0].split(".")[0] in _TOP_KEYS else f"train.{o}" for o in args.overrides]
     try:
-        recipe = load_recipe(args.config, overrides, default=default)
-        if args.dry_run:
-            print(json.dumps(dry_run(recipe), indent=2, default=str))
-            return 0
-        result = run(recipe)
-        if ad.is_main():
-            print("\n".join(report_lines(result)))
-        return 0
+        recipe = load_recipe(args.config, overrides + expand_overrides(args.overrides), default=default)
+        return execute(recipe, args.dry_run)
     except ValueError as e:
         print(f"atlas: error: {e}", file=sys.stderr)
         return 2
-    finally:
-        ad.shutdown()
+
+
+def evaluate_checkpoint(checkpoint: str, recipe: Recipe) -> dict[str, Any]:
+    """Held-out greedy success rate and mean tokens of a checkpoint on the recipe's eval split (the split
+    `atlas train` held out with the same data settings), by the recipe's reward (rule or rim)."""
+    import atlas.model as am
+    from atlas.reward import answer_match
+    from atlas.train.evaluate import greedy_eval
+
+    _, evals, report = load_data(recipe)
+    if not evals:
+        raise ValueError(f"the eval split of {recipe.data.source!r} is empty with these filters: {report}")
+    path = resolve_path(checkpoint, ".")
+    ad.init()
+    model = am.from_pretrained(path, device=ad.device())
+    tokenizer = am.Tokenizer.from_pretrained(path, chat_template=recipe.chat_template)
+    reward = rim_reward() if recipe.reward == "rim" else answer_match
+    train = recipe.train
+    max_new = getattr(train, "eval_max_new_tokens", None) or getattr(train, "max_new_tokens", 256)
+    return {"checkpoint": path, **greedy_eval(model, tokenizer, evals, reward, max_new_tokens=max_new)}
 
 
 _TOP_KEYS = {f.name for f in dataclasses.fields(Recipe)} - {"base_dir"}

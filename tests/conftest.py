@@ -1,9 +1,16 @@
-"""Suite-wide settings: CPU by default, Triton through its interpreter, GPU tests skipped without CUDA."""
+"""Suite-wide settings: CPU by default, Triton through its interpreter, GPU tests skipped without CUDA; and
+a real PostgreSQL server holding the SDK fixture records (tests/data/records.py), started once per session
+from the local initdb/pg_ctl (tests/data/pgserver.py) and removed afterwards. Without the binaries the
+postgres-marked tests skip with the reason, unless ATLAS_REQUIRE_POSTGRES=1 (as in CI): then they fail."""
 
 import os
 
+import psycopg
 import pytest
 import torch
+
+from tests.data.pgserver import PostgresServer, copy_records, create_sdk_schema, unavailable_reason
+from tests.data.records import FIXTURES
 
 # Triton reads this when a kernel is decorated, so it must be set before atlas.kernels is imported.
 if not torch.cuda.is_available():
@@ -19,3 +26,31 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    reason = unavailable_reason()
+    if reason:
+        if os.environ.get("ATLAS_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"ATLAS_REQUIRE_POSTGRES=1 but {reason}")
+        pytest.skip(reason)
+    server = PostgresServer(log_statements=True).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_url(pg_server) -> str:
+    """A database holding FIXTURES, owned by the superuser; tests must not modify it."""
+    url = pg_server.create_database("traces")
+    create_sdk_schema(url, reader="reader")
+    with psycopg.connect(url) as conn:
+        copy_records(conn, FIXTURES)
+    return url
+
+
+@pytest.fixture(scope="session")
+def reader_url(pg_server, pg_url) -> str:
+    """The same database through a role that has only SELECT."""
+    return pg_server.url("traces", user="reader")

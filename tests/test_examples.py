@@ -60,3 +60,10 @@ def test_gkd_example_runs_and_reports(tmp_path):
     assert "held-out accuracy:" in stdout and "teacher (the ceiling):" in stdout
     rows = read_metrics(tmp_path / "gkd" / "metrics.jsonl")
     assert "eval_success_delta" in rows[-1] and "eval_token_reduction_pct" in rows[-1]
+
+
+def test_teacher_example_runs_and_reports(tmp_path):
+    stdout = _run([sys.executable, str(ROOT / "examples" / "teacher.py"), "max_steps=2", "eval_every=2",
+                   "data.eval_limit=16", "prompts_per_step=4", "num_generations=4", "--output-dir", "teach"], tmp_path)
+    assert "student held-out accuracy alone / with the teacher's teaching" in stdout
+    assert (tmp_path / "teach" / "best_teaching.json").exists()

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-HEADLINE = ("loss", "reward_mean", "eval_loss", "eval_success_rate", "lr")
+HEADLINE = ("loss", "reward_mean", "eval_loss", "eval_success_rate", "eval_taught_accuracy", "lr")
 
 
 class Metrics:

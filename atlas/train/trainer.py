@@ -15,8 +15,9 @@ rest, identically for SFT, GRPO and GKD:
 - evaluates at step 0 (the baseline), every `eval_every` steps and at the end, when eval examples are
   given and `eval_every` > 0;
 - saves a resume state every `save_every` steps and at the end, and the HF export (`output_dir/hf/`) with
-  each one; `resume=true` restores the newest complete state (model, optimizer, step, data position,
-  RNG, counters) and continues the exact same run: same rows in metrics.jsonl;
+  each one (with `provenance.json` when the caller set `trainer.provenance`: what trained it);
+  `resume=true` restores the newest complete state (model, optimizer, step, data position, RNG,
+  counters) and continues the exact same run: same rows in metrics.jsonl;
 - on SIGTERM (to a worker, or to torchrun, which forwards it) every rank finishes its step, the ranks agree
   on the stop step (a max-reduce of the flag), save, and `train` returns with `interrupted=True`, so the
   process exits 0 and `resume=true` picks it up.
@@ -30,6 +31,7 @@ sharded gradients stay sharded), early stopping, multiple eval sets.
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import threading
 import time
@@ -113,6 +115,7 @@ class Trainer(ABC):
         self.step_count = 0
         self.order: DataOrder | None = None
         self.output_dir = Path(config.output_dir)
+        self.provenance: dict[str, Any] | None = None  # written as hf/provenance.json with every export
         self._stop = threading.Event()
 
     # What a trainer implements
@@ -188,7 +191,10 @@ class Trainer(ABC):
                  "extra": self.extra_state()}
         save_state(self.output_dir, self.step_count, self.model, self.optimizer, state, self.config,
                    keep=self.config.keep_checkpoints)
-        export_hf(self.model, self.output_dir / "hf", self.tokenizer, DTYPES.get(self.config.export_dtype))
+        extra = None if self.provenance is None else {
+            "provenance.json": json.dumps({**self.provenance, "step": self.step_count}, indent=2, default=str) + "\n"}
+        export_hf(self.model, self.output_dir / "hf", self.tokenizer, DTYPES.get(self.config.export_dtype),
+                  extra_files=extra)
 
     def _resume(self) -> int | None:
         path = latest_state(self.output_dir)
