@@ -6,16 +6,12 @@ unsharded model in the same process; then the same loop under bf16 mixed precisi
 over the ranks, and the HF export written from both ranks.
 """
 
-import json
-import os
-import socket
-
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 import atlas.model as am
 from atlas.sampler import Sampler, SamplingParams
+from tests.multiproc import run_ranks
 from tests.tiny import hf_model, save_hf
 
 PROMPTS = [[5, 9, 31, 2], [7, 7, 100, 42, 13, 8, 250], [3, 1, 4, 1, 5], [60, 61]]
@@ -73,74 +69,69 @@ def _train(model, completions, rank, world, steps=2):
     return losses, grads
 
 
-def _worker(rank, world, port, ckpt, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
+def _worker(rank, ckpt, out):
     import atlas.distributed as ad
 
     ad.init()
     ad.init()  # idempotent
-    torch.set_num_threads(1)
+    world = ad.world_size()
     report = {}
-    try:
-        ref = am.from_pretrained(ckpt)
-        ref_outs = Sampler(ref).generate(PROMPTS, PARAMS, prompt_seeds=SEEDS)
-        ref_losses, ref_grads = _train(ref, ref_outs, 0, 1)
+    ref = am.from_pretrained(ckpt)
+    ref_outs = Sampler(ref).generate(PROMPTS, PARAMS, prompt_seeds=SEEDS)
+    ref_losses, ref_grads = _train(ref, ref_outs, 0, 1)
 
-        # fp32 FSDP2 with activation checkpointing: generation comes first, before any forward
-        model = ad.load_pretrained(ckpt, activation_checkpointing=True)
-        before = _fsdp_settings(model)
-        outs = Sampler(model).generate(PROMPTS, PARAMS, prompt_seeds=SEEDS)
-        report["settings_kept"] = _fsdp_settings(model) == before
-        report["still_sharded"] = all(hasattr(p, "full_tensor") for p in model.parameters())
-        report["same_rollouts"] = [o.token_ids for o in outs] == [o.token_ids for o in ref_outs]
-        report["rollout_logprob_gap"] = max(abs(a - b) for o, r in zip(outs, ref_outs)
-                                            for a, b in zip(o.logprobs, r.logprobs))
-        # prompts split over the ranks, each with its global seeds, reproduce the 1-process rollouts
-        mine = [i for i in range(len(PROMPTS)) if i % world == rank]
-        local = Sampler(model).generate([PROMPTS[i] for i in mine], PARAMS, prompt_seeds=[SEEDS[i] for i in mine])
-        gathered = {(mine[o.prompt_index], j % PARAMS.n): o.token_ids for j, o in enumerate(local)}
-        merged = {}
-        for part in ad.all_gather_object(gathered):
-            merged.update(part)
-        report["split_equals_whole"] = all(
-            merged[(o.prompt_index, j % PARAMS.n)] == o.token_ids for j, o in enumerate(ref_outs))
+    # fp32 FSDP2 with activation checkpointing: generation comes first, before any forward
+    model = ad.load_pretrained(ckpt, activation_checkpointing=True)
+    before = _fsdp_settings(model)
+    outs = Sampler(model).generate(PROMPTS, PARAMS, prompt_seeds=SEEDS)
+    report["settings_kept"] = _fsdp_settings(model) == before
+    report["still_sharded"] = all(hasattr(p, "full_tensor") for p in model.parameters())
+    report["same_rollouts"] = [o.token_ids for o in outs] == [o.token_ids for o in ref_outs]
+    report["rollout_logprob_gap"] = max(abs(a - b) for o, r in zip(outs, ref_outs)
+                                        for a, b in zip(o.logprobs, r.logprobs))
+    # prompts split over the ranks, each with its global seeds, reproduce the 1-process rollouts
+    mine = [i for i in range(len(PROMPTS)) if i % world == rank]
+    local = Sampler(model).generate([PROMPTS[i] for i in mine], PARAMS, prompt_seeds=[SEEDS[i] for i in mine])
+    gathered = {(mine[o.prompt_index], j % PARAMS.n): o.token_ids for j, o in enumerate(local)}
+    merged = {}
+    for part in ad.all_gather_object(gathered):
+        merged.update(part)
+    report["split_equals_whole"] = all(
+        merged[(o.prompt_index, j % PARAMS.n)] == o.token_ids for j, o in enumerate(ref_outs))
 
-        losses, grads = _train(model, outs, rank, world)
-        report["loss_gap"] = max(abs(float(a - b)) for a, b in zip(losses, ref_losses))
-        report["grad_gap"] = [max((g[n] - rg[n]).abs().max().item() for n in g) for g, rg in zip(grads, ref_grads)]
-        # after a forward the root stays unsharded (FSDP's default), so the README's direct head call works too
-        hidden = model(torch.tensor([PROMPTS[0]]), return_hidden=True)
-        from atlas.kernels import linear_token_logprobs
+    losses, grads = _train(model, outs, rank, world)
+    report["loss_gap"] = max(abs(float(a - b)) for a, b in zip(losses, ref_losses))
+    report["grad_gap"] = [max((g[n] - rg[n]).abs().max().item() for n in g) for g, rg in zip(grads, ref_grads)]
+    # after a forward the root stays unsharded (FSDP's default), so the README's direct head call works too
+    hidden = model(torch.tensor([PROMPTS[0]]), return_hidden=True)
+    from atlas.kernels import linear_token_logprobs
 
-        linear_token_logprobs(hidden[0], model.lm_head.weight, torch.tensor(PROMPTS[0]))
-        with torch.no_grad():
-            report["logits"] = model(torch.tensor([PROMPTS[1]]))[0].tolist()
-        am.save_pretrained(model, out / "hf")
+    linear_token_logprobs(hidden[0], model.lm_head.weight, torch.tensor(PROMPTS[0]))
+    with torch.no_grad():
+        report["logits"] = model(torch.tensor([PROMPTS[1]]))[0].tolist()
+    am.save_pretrained(model, out / "hf")
 
-        # bf16 mixed precision (fp32 master weights, fp32 reduce): generate first, then train twice
-        mp_model = ad.load_pretrained(ckpt, param_dtype=torch.bfloat16)
-        before = _fsdp_settings(mp_model)
-        mp_outs = Sampler(mp_model).generate(PROMPTS, PARAMS, prompt_seeds=SEEDS)
-        report["mp_settings_kept"] = _fsdp_settings(mp_model) == before
-        with mp_model.gathered():  # as inside generate: the cache takes the dtype FSDP computes in
-            report["mp_kv_dtype"] = str(Sampler(mp_model)._kv_cache(1, 8).k[0].dtype)
-        mp_losses, mp_grads = _train(mp_model, outs, rank, world)
-        report["mp_master_dtype"] = str(next(mp_model.parameters()).dtype)
-        report["mp_finite"] = all(torch.isfinite(torch.stack(mp_losses)).tolist())
-        # bf16 gradients point where the fp32 ones do
-        flat = torch.cat([mp_grads[0][n].flatten() for n in ref_grads[0]])
-        flat_ref = torch.cat([ref_grads[0][n].flatten() for n in ref_grads[0]])
-        report["mp_grad_cosine"] = torch.nn.functional.cosine_similarity(flat, flat_ref, dim=0).item()
-        report["mp_rollouts"] = len(mp_outs)
+    # bf16 mixed precision (fp32 master weights, fp32 reduce): generate first, then train twice
+    mp_model = ad.load_pretrained(ckpt, param_dtype=torch.bfloat16)
+    before = _fsdp_settings(mp_model)
+    mp_outs = Sampler(mp_model).generate(PROMPTS, PARAMS, prompt_seeds=SEEDS)
+    report["mp_settings_kept"] = _fsdp_settings(mp_model) == before
+    with mp_model.gathered():  # as inside generate: the cache takes the dtype FSDP computes in
+        report["mp_kv_dtype"] = str(Sampler(mp_model)._kv_cache(1, 8).k[0].dtype)
+    mp_losses, mp_grads = _train(mp_model, outs, rank, world)
+    report["mp_master_dtype"] = str(next(mp_model.parameters()).dtype)
+    report["mp_finite"] = all(torch.isfinite(torch.stack(mp_losses)).tolist())
+    # bf16 gradients point where the fp32 ones do
+    flat = torch.cat([mp_grads[0][n].flatten() for n in ref_grads[0]])
+    flat_ref = torch.cat([ref_grads[0][n].flatten() for n in ref_grads[0]])
+    report["mp_grad_cosine"] = torch.nn.functional.cosine_similarity(flat, flat_ref, dim=0).item()
+    report["mp_rollouts"] = len(mp_outs)
 
-        # HSDP: two replicas of one shard each
-        hsdp = ad.load_pretrained(ckpt, ad.device_mesh(dp_replicate=2))
-        _, hsdp_grads = _train(hsdp, outs, rank, world, steps=1)
-        report["hsdp_grad_gap"] = max((hsdp_grads[0][n] - ref_grads[0][n]).abs().max().item() for n in ref_grads[0])
-        (out / f"report.{rank}.json").write_text(json.dumps(report))
-    finally:
-        ad.shutdown()
+    # HSDP: two replicas of one shard each
+    hsdp = ad.load_pretrained(ckpt, ad.device_mesh(dp_replicate=2))
+    _, hsdp_grads = _train(hsdp, outs, rank, world, steps=1)
+    report["hsdp_grad_gap"] = max((hsdp_grads[0][n] - ref_grads[0][n]).abs().max().item() for n in ref_grads[0])
+    return report
 
 
 @pytest.mark.slow
@@ -148,21 +139,8 @@ def test_fsdp2_training_loop_matches_one_process(tmp_path):
     from transformers import AutoModelForCausalLM
 
     ckpt = save_hf(hf_model("qwen2", seed=2), tmp_path / "ckpt")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    context = mp.start_processes(_worker, args=(2, port, str(ckpt), tmp_path), nprocs=2, join=False,
-                                 start_method="spawn")
-    # each rank writes its report only after all of its work, so the files are the verdict; exit codes are
-    # only reported (a gloo teardown crash after the work must not fail the test, a crash before it does)
-    for process in context.processes:
-        process.join(timeout=300)
-        if process.is_alive():
-            process.kill()
-    codes = [p.exitcode for p in context.processes]
-    reports = [tmp_path / f"report.{r}.json" for r in range(2)]
-    assert all(r.exists() for r in reports), f"a rank failed; exit codes {codes}"
-    for report in (json.loads(r.read_text()) for r in reports):
+    reports = run_ranks(_worker, str(ckpt), tmp_path, tmp_path=tmp_path)
+    for report in reports:
         assert report["settings_kept"] and report["still_sharded"] and report["mp_settings_kept"]
         assert report["same_rollouts"] and report["rollout_logprob_gap"] <= 1e-5
         assert report["loss_gap"] <= 1e-5 and max(report["grad_gap"]) <= 1e-5, report["grad_gap"]

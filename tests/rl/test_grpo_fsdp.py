@@ -1,17 +1,13 @@
 """GRPO under FSDP2 with 2 gloo processes samples the same rollouts, gets the same rewards and (within
 float-reduction noise) the same losses as 1 process; the policy and the reference are sharded by GRPO."""
 
-import json
-import os
-import socket
-
 import pytest
-import torch.multiprocessing as mp
 
 import atlas.model as am
 from atlas.embedded import model_path, task
 from atlas.rl import GRPO, GRPOConfig
 from atlas.train.metrics import read_metrics
+from tests.multiproc import run_ranks
 
 EXACT = ("step", "reward_mean", "reward_std", "completion_len_mean", "truncated_frac", "mixed_group_frac", "lr")
 CLOSE = ("loss", "kl", "entropy", "grad_norm")
@@ -25,38 +21,18 @@ def _run(output_dir):
     return trainer, trainer.train(task.examples("train")[:32])
 
 
-def _worker(rank, world, port, root):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
-    import torch
-
-    import atlas.distributed as ad
-
-    torch.set_num_threads(1)
-    try:
-        trainer, _ = _run(root / "two")
-        # every block of the policy and of the reference holds only its shard (the roots may stay gathered
-        # after a forward, as FSDP2 keeps them)
-        sharded = all(hasattr(p, "full_tensor") for m in (trainer.model, trainer.ref) for p in m.layers.parameters())
-        (root / f"done.{rank}.json").write_text(json.dumps({"sharded": sharded}))
-    finally:
-        ad.shutdown()
+def _worker(rank, root):
+    trainer, _ = _run(root / "two")
+    # every block of the policy and of the reference holds only its shard (the roots may stay gathered
+    # after a forward, as FSDP2 keeps them)
+    return {"sharded": all(hasattr(p, "full_tensor") for m in (trainer.model, trainer.ref)
+                           for p in m.layers.parameters())}
 
 
 @pytest.mark.slow
 def test_two_processes_sample_and_learn_as_one(tmp_path):
     _run(tmp_path / "one")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    context = mp.start_processes(_worker, args=(2, port, tmp_path), nprocs=2, join=False, start_method="spawn")
-    for process in context.processes:
-        process.join(timeout=300)
-        if process.is_alive():
-            process.kill()
-    codes = [p.exitcode for p in context.processes]
-    assert all((tmp_path / f"done.{r}.json").exists() for r in range(2)), f"a rank failed; exit codes {codes}"
-    assert all(json.loads((tmp_path / f"done.{r}.json").read_text())["sharded"] for r in range(2))
+    assert all(r["sharded"] for r in run_ranks(_worker, tmp_path, tmp_path=tmp_path))
     one, two = (read_metrics(tmp_path / d / "metrics.jsonl") for d in ("one", "two"))
     assert len(one) == len(two) == 3
     for a, b in zip(one, two):

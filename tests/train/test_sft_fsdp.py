@@ -1,16 +1,12 @@
 """SFT under FSDP2 with 2 gloo processes: the same losses as 1 process; a stop signalled to one rank only
 is agreed by both, saved as a sharded DCP state, and resumed to the same rows."""
 
-import json
-import os
-import socket
-
 import pytest
-import torch.multiprocessing as mp
 
 import atlas.model as am
 from atlas.distill import SFT, SFTConfig
 from atlas.train.metrics import read_metrics
+from tests.multiproc import run_ranks
 from tests.tiny import build_tokenizer, hf_model, save_hf
 
 EXAMPLES = [{"prompt": f"What is {a} times 7?", "completion": f"The answer is {a * 7}."} for a in range(24)]
@@ -23,34 +19,22 @@ def _run(tok_dir, model_dir, output_dir, **overrides):
     return SFT(am.from_pretrained(model_dir), am.Tokenizer.from_pretrained(tok_dir), config)
 
 
-def _worker(rank, world, port, tok_dir, model_dir, root):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
-    import torch
+def _worker(rank, tok_dir, model_dir, root):
+    full = _run(tok_dir, model_dir, root / "full")  # the trainer joins the group and shards the model
+    full.train(EXAMPLES)
+    cut = _run(tok_dir, model_dir, root / "cut")
+    real_step = cut.step
 
-    import atlas.distributed as ad
+    def step(batch):
+        row = real_step(batch)
+        if cut.step_count == 2 and rank == 0:  # only one rank is told to stop
+            cut._stop.set()
+        return row
 
-    torch.set_num_threads(1)
-    try:
-        full = _run(tok_dir, model_dir, root / "full")  # the trainer joins the group and shards the model
-        full.train(EXAMPLES)
-        cut = _run(tok_dir, model_dir, root / "cut")
-        real_step = cut.step
-
-        def step(batch):
-            row = real_step(batch)
-            if cut.step_count == 2 and rank == 0:  # only one rank is told to stop
-                cut._stop.set()
-            return row
-
-        cut.step = step
-        out = cut.train(EXAMPLES)
-        resumed = _run(tok_dir, model_dir, root / "cut", resume=True)
-        resumed.train(EXAMPLES)
-        (root / f"done.{rank}.json").write_text(json.dumps({"stopped_at": out["step"],
-                                                            "interrupted": out["interrupted"]}))
-    finally:
-        ad.shutdown()
+    cut.step = step
+    out = cut.train(EXAMPLES)
+    _run(tok_dir, model_dir, root / "cut", resume=True).train(EXAMPLES)
+    return {"stopped_at": out["step"], "interrupted": out["interrupted"]}
 
 
 @pytest.mark.slow
@@ -59,19 +43,8 @@ def test_two_processes_equal_one_and_resume_sharded(tmp_path):
     model_dir = save_hf(hf_model("qwen2", seed=8), tmp_path / "model")
     _run(tok_dir, model_dir, tmp_path / "single").train(EXAMPLES)
     single = read_metrics(tmp_path / "single" / "metrics.jsonl")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    context = mp.start_processes(_worker, args=(2, port, str(tok_dir), str(model_dir), tmp_path), nprocs=2,
-                                 join=False, start_method="spawn")
-    for process in context.processes:
-        process.join(timeout=300)
-        if process.is_alive():
-            process.kill()
-    codes = [p.exitcode for p in context.processes]
-    assert all((tmp_path / f"done.{r}.json").exists() for r in range(2)), f"a rank failed; exit codes {codes}"
-    for r in range(2):
-        assert json.loads((tmp_path / f"done.{r}.json").read_text()) == {"stopped_at": 2, "interrupted": True}
+    for report in run_ranks(_worker, str(tok_dir), str(model_dir), tmp_path, tmp_path=tmp_path):
+        assert report == {"stopped_at": 2, "interrupted": True}
     full = read_metrics(tmp_path / "full" / "metrics.jsonl")
     assert [r["step"] for r in full] == [1, 2, 3, 4]  # rank 0 alone wrote it
     for a, b in zip(full, single):
