@@ -92,3 +92,30 @@ def test_bad_recipes_fail_with_one_line(tmp_path, capsys):
     assert main(["train", str(CONFIGS / "grpo.yaml"), "lrr=1", "--dry-run"]) == 2
     assert "did you mean 'train.lr'" in capsys.readouterr().err
     assert main(["train", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_grpo_with_rim_judges_maps_the_columns_to_context_keys(tmp_path, monkeypatch):
+    """--reward rim: the references reach the judges as `reference`; the judges' scores are the rewards."""
+    from atlas.recipes import load_recipe, run
+    from atlas.train.metrics import read_metrics
+    from tests.reward.server import Reply, ScriptedServer, evaluation
+
+    with ScriptedServer(lambda body, n: Reply(evaluation(0.25 if n % 2 else 0.75))) as server:
+        monkeypatch.setenv("ATLAS_JUDGE_BASE_URL", server.base_url)
+        monkeypatch.setenv("ATLAS_JUDGE_MODEL", "small")
+        monkeypatch.setenv("ATLAS_ARBITER_MODEL", "large")
+        recipe = load_recipe(CONFIGS / "grpo.yaml", [
+            "reward=rim", "train.max_steps=1", "train.prompts_per_step=2", "train.num_generations=2",
+            "train.eval_every=0", f"train.output_dir={tmp_path / 'run'}"])
+        run(recipe)
+        judged = [b["messages"][-1]["content"] for b in server.requests]
+    row = read_metrics(tmp_path / "run" / "metrics.jsonl")[0]
+    assert 0.25 <= row["reward_mean"] <= 0.75 and "reward_rim_judges" in row
+    # the accuracy judge saw each item's reference answer (answers -> reference): the question's true sum
+    import re
+
+    accuracy = [j for j in judged if "as the accuracy judge" in j]
+    assert accuracy
+    for j in accuracy:
+        a, b = map(int, re.findall(r"\d+", j.split("## Question\n", 1)[1].split("\n", 1)[0])[:2])
+        assert f"## Reference answer\n{a + b}\n" in j
