@@ -67,3 +67,28 @@ def test_teacher_example_runs_and_reports(tmp_path):
                    "data.eval_limit=16", "prompts_per_step=4", "num_generations=4", "--output-dir", "teach"], tmp_path)
     assert "student held-out accuracy alone / with the teacher's teaching" in stdout
     assert (tmp_path / "teach" / "best_teaching.json").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_to_torchrun_saves_and_resume_continues(tmp_path):
+    """SIGTERM to torchrun (which forwards it): both workers finish their step, agree on it, save, say so
+    and exit; resume=true continues from that step."""
+    import signal
+    import time
+
+    args = [str(ROOT / "examples" / "grpo.py"), "max_steps=400", "eval_every=0", "save_every=0", "--output-dir", "s"]
+    proc = subprocess.Popen(["torchrun", "--nproc_per_node=2", *args], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "s" / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    stdout, _ = proc.communicate(timeout=120)
+    assert "interrupted by SIGTERM" in stdout
+    (state,) = (tmp_path / "s" / "checkpoints").iterdir()
+    stopped = int(state.name.removeprefix("step_"))
+    assert (state / "COMPLETE").exists() and len(read_metrics(metrics)) == stopped
+    _run([sys.executable, *args[:1], f"max_steps={stopped + 2}", "resume=true", "eval_every=0", "--output-dir", "s"],
+         tmp_path)
+    assert [r["step"] for r in read_metrics(metrics)] == list(range(1, stopped + 3))
