@@ -132,8 +132,9 @@ def load_model(recipe: Recipe, name: str, param_dtype: str | None):
     return model, tokenizer, path
 
 
-def load_data(recipe: Recipe) -> tuple[list[Any], list[Any], dict[str, Any]]:
-    """(train examples, eval examples, a report of where they came from and what was excluded)."""
+def load_data(recipe: Recipe, allow_empty: bool = False) -> tuple[list[Any], list[Any], dict[str, Any]]:
+    """(train examples, eval examples, a report of where they came from and what was excluded); no
+    training example is a ValueError unless `allow_empty` (a dry run reports it instead)."""
     spec = recipe.data
     if spec.source == "embedded":
         from atlas.embedded import task
@@ -155,7 +156,7 @@ def load_data(recipe: Recipe) -> tuple[list[Any], list[Any], dict[str, Any]]:
     if spec.eval_limit is not None:
         evals = evals[:spec.eval_limit]
     report.update(train_examples=len(train), eval_examples=len(evals))
-    if not train:
+    if not train and not allow_empty:
         raise ValueError(f"no training examples from {spec.source!r} (with these filters): {report}")
     return train, evals, report
 
@@ -269,13 +270,21 @@ def dry_run_report(recipe: Recipe) -> dict[str, Any]:
     import atlas.model as am
     from atlas.train.data import prompt_messages
 
-    train, evals, report = load_data(recipe)
+    train, evals, report = load_data(recipe, allow_empty=True)
     tokenizer = am.Tokenizer.from_pretrained(resolve_path(recipe.model, recipe.base_dir),
                                              chat_template=recipe.chat_template)
-    sample = tokenizer.apply_chat_template(prompt_messages(train[0]), add_generation_prompt=True)
     notes = []
-    if len(evals) < 20:
-        notes.append(f"the eval split is {'empty' if not evals else 'small'} ({len(evals)} examples)")
+    for name, split, small in (("train", train, 1), ("eval", evals, 20)):
+        if len(split) < small or not split:
+            notes.append(f"the {name} split is {'empty' if not split else 'small'} ({len(split)} examples)")
+    sample = None
+    if train or evals:
+        messages = prompt_messages((train or evals)[0])
+        if recipe.recipe == "teacher":  # what the teacher is prompted with; the diagnostic comes at run time
+            question = [m["content"] for m in messages if m["role"] == "user"][-1]
+            messages = [{"role": "user", "content": recipe.train.teacher_prompt.format(
+                question=question, diagnostic="<the student's diagnostic>")}]
+        sample = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
     return {"recipe": describe(recipe), "data": report, "sample_prompt": sample, "notes": notes}
 
 

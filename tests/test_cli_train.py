@@ -119,3 +119,11 @@ def test_grpo_with_rim_judges_maps_the_columns_to_context_keys(tmp_path, monkeyp
     for j in accuracy:
         a, b = map(int, re.findall(r"\d+", j.split("## Question\n", 1)[1].split("\n", 1)[0])[:2])
         assert f"## Reference answer\n{a + b}\n" in j
+
+
+def test_dry_run_says_when_the_filters_leave_nothing(tmp_path, traces):
+    report = json.loads(_atlas(["train", str(CONFIGS / "sft.yaml"), "--dry-run", f"traces={traces}",
+                                "min_reward=0.999"], tmp_path))
+    assert report["data"]["train_examples"] == 0 and report["sample_prompt"] is None
+    assert "the train split is empty (0 examples)" in report["notes"]
+    assert report["data"]["sessions"]["excluded"]["reward:below_min"] >= 1

@@ -2,6 +2,7 @@
 real SIGTERM) continues the exact run, the HF export loads in transformers, a short run learns."""
 
 import json
+import math
 import os
 import signal
 
@@ -137,3 +138,28 @@ def test_too_long_conversations_are_dropped_and_counted(files, tmp_path):
     assert len(kept) == 3 and trainer.dropped["too_long"] == 1
     with pytest.raises(ValueError, match="no example is left"):
         _trainer(files, tmp_path, max_seq_len=5).prepare(EXAMPLES[:3])
+
+
+def test_non_finite_steps_are_skipped_counted_and_then_stop_the_run(files, tmp_path):
+    trainer = _trainer(files, tmp_path, max_nonfinite_steps=2)
+    data = trainer.prepare(EXAMPLES[:8])
+    with torch.no_grad():
+        trainer.model.norm.weight[0] = float("nan")  # every forward, and so every gradient, is NaN now
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    row = trainer.step(data)
+    assert row["skipped"] == 1 and row["skipped_total"] == 1 and math.isnan(row["grad_norm"])
+    after = dict(trainer.model.named_parameters())
+    assert all(torch.equal(before[n], after[n]) or torch.isnan(before[n]).any() for n in before)  # did not move
+    with pytest.raises(RuntimeError, match="2 consecutive optimizer steps"):
+        trainer.step(data)
+
+
+def test_asking_for_wandb_without_it_installed_says_so(files, tmp_path):
+    try:
+        import wandb  # noqa: F401
+
+        pytest.skip("wandb is installed here")
+    except ImportError:
+        pass
+    with pytest.raises(ValueError, match="wandb is not installed"):
+        _trainer(files, tmp_path, wandb_project="atlas-test").train(EXAMPLES[:8])
