@@ -6,7 +6,8 @@ clipping, and the non-finite guard.
              = lr * (r + (1 - r) (1 + cos(pi p)) / 2),  p = (s - W) / (max_steps - W)   cosine to r = min_lr_ratio
 
 Weight decay applies to matrices only (norm weights and biases are not decayed), as is usual for
-decoders. The gradient norm is the global one, over every parameter on every rank (under FSDP2 the
+decoders; the update is torch's fused AdamW kernel (no parameter-sized temporaries, on CPU and CUDA
+alike). The gradient norm is the global one, over every parameter on every rank (under FSDP2 the
 per-rank norms of sharded DTensor gradients are reduced, as torchtitan does); gradients are scaled to
 `max_grad_norm` when above it (0 disables clipping, the norm is still measured). A step whose norm is
 not finite (a NaN/inf loss or gradient anywhere) is skipped: the gradients are dropped, the optimizer
@@ -32,7 +33,9 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tup
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=betas, eps=eps)
+    # fused: one kernel per parameter with no temporaries; the for-loop default on CPU allocates a
+    # parameter-sized denominator (297 MiB for a 151,936 x 512 embedding) and is ~8x slower there
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=betas, eps=eps, fused=True)
 
 
 def lr_factor(step: int, max_steps: int, warmup_ratio: float, schedule: str, min_lr_ratio: float) -> float:

@@ -127,10 +127,12 @@ def test_resume_continues_the_same_loss_curve(tmp_path):
 
 
 def test_a_short_run_raises_held_out_success(tmp_path):
-    trainer = _gkd(tmp_path, max_steps=150, lr=2e-3, batch_size=16, micro_batch_size=16, eval_every=150,
+    # lr 1e-3 for 300 steps: +35 to +50 points over seeds 0-3 (36% -> 72-87%); 2e-3 for 150 steps was a
+    # coin toss (-11 to +20 points over seeds 0-4), so the margin below is real
+    trainer = _gkd(tmp_path, max_steps=300, lr=1e-3, batch_size=16, micro_batch_size=16, eval_every=300,
                    max_new_tokens=12)
     trainer.train(task.examples("train"), task.examples("eval")[:200])
     evals = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "eval_success_rate" in r]
-    assert evals[-1]["eval_success_delta"] >= 5 and evals[-1]["eval_teacher_success_rate"] >= 0.9
+    assert evals[-1]["eval_success_delta"] >= 20 and evals[-1]["eval_teacher_success_rate"] >= 0.9
     assert evals[-1]["eval_success_rate"] - evals[0]["eval_success_rate"] == pytest.approx(
         evals[-1]["eval_success_delta"] / 100)
