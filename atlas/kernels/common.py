@@ -86,10 +86,15 @@ def check_mask(mask: torch.Tensor | None, lead_shape: torch.Size) -> None:
 
 
 def chunk_rows(n_rows: int, vocab: int, chunk_size: int | None) -> int:
-    """Rows per [chunk, V] buffer: the caller's choice, else as many as fit in CHUNK_ELEMENTS."""
+    """Rows per [chunk, V] buffer: the caller's choice, else as few chunks as fit in CHUNK_ELEMENTS each,
+    made equal (in multiples of MIN_CHUNK_ROWS): 512 rows at Qwen's vocab are 2 x 256, not 432 + 80, so the
+    tile buffer is the size the work needs."""
     if chunk_size is not None:
         if not (isinstance(chunk_size, int) and chunk_size > 0):
             raise ValueError(f"chunk_size must be a positive int (rows per chunk) or None, got {chunk_size!r}")
         return chunk_size
     rows = max(MIN_CHUNK_ROWS, CHUNK_ELEMENTS // vocab // MIN_CHUNK_ROWS * MIN_CHUNK_ROWS)
-    return max(1, min(rows, n_rows))
+    if n_rows <= rows:
+        return max(1, n_rows)
+    even = math.ceil(n_rows / math.ceil(n_rows / rows))
+    return math.ceil(even / MIN_CHUNK_ROWS) * MIN_CHUNK_ROWS

@@ -12,8 +12,10 @@ Row math (per token, logits z scaled by 1/T, p = softmax(z), lse = logsumexp(z))
 Gradients w.r.t. raw logits carry one more 1/T. Backward recomputes p from the saved lse instead of
 storing it, works on any block of vocabulary columns (it is elementwise given the per-row statistics),
 and writes dL/dz into `out`, or over the logits block itself (the chunked path hands over its own tile
-buffer; see functions.py), so the chunked CPU path needs a handful of tile-sized fp32 buffers and nothing
-of size [N, V].
+buffer; see functions.py). Each primitive runs over blocks of ROW_BLOCK_ELEMENTS logits (rows whole), so
+its fp32 temporaries (log p, exp, the mixture) are a few such blocks, not copies of the tile it is given,
+as the Triton kernels keep none (one program per row): the chunked CPU path holds its tile buffer and
+little else, and nothing of size [N, V].
 
 Logits of -inf (a masked vocabulary entry) have p = 0 and contribute 0, never 0 * inf = nan.
 Left out: fp64 outputs (everything returns fp32), and reductions over tokens (callers mask and average).
@@ -29,6 +31,60 @@ NEG_INF = float("-inf")
 # log p below this has p == 0 exactly in fp32 (exp underflows at about -104); clamping there keeps
 # 0 * (-inf) out of the entropy gradient without changing any finite result.
 LOG_FLOOR = -1e4
+# Logits per row block of the primitives below (16 MiB in fp32; whole rows, at least one): large enough
+# that the per-block Python loop costs nothing next to the block's own arithmetic.
+ROW_BLOCK_ELEMENTS = 1 << 22
+
+
+def _row_blocks(n: int, vocab: int) -> list[slice]:
+    rows = max(1, ROW_BLOCK_ELEMENTS // max(1, vocab))
+    return [slice(s, s + rows) for s in range(0, n, rows)] or [slice(0, 0)]
+
+
+def _rows(x: Tensor | None, r: slice) -> Tensor | None:
+    return None if x is None else x[r]
+
+
+def _cat(parts: list[tuple]) -> tuple:
+    """Per-row outputs of every block, joined (None stays None)."""
+    if len(parts) == 1:
+        return parts[0]
+    return tuple(None if xs[0] is None else torch.cat(xs) for xs in zip(*parts))
+
+
+def logprob_rows(
+    z_NV: Tensor, targets_N: Tensor, inv_temperature: float, ignore_index: int, with_entropy: bool
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    return _cat([_logprob_block(z_NV[r], targets_N[r], inv_temperature, ignore_index, with_entropy)
+                 for r in _row_blocks(*z_NV.shape)])
+
+
+def logprob_rows_backward_(
+    z_NB: Tensor, targets_N: Tensor, lse_N: Tensor, ent_N: Tensor | None, g_lp_N: Tensor, g_ent_N: Tensor | None,
+    inv_temperature: float, out: Tensor | None = None,
+) -> Tensor:
+    """z_NB: a block of logits columns; targets_N: the target's column in it, or -1 (elsewhere, ignored).
+    Writes dL/dz into out, or over z_NB when out is None, and returns it."""
+    for r in _row_blocks(*z_NB.shape):
+        _logprob_backward_block(z_NB[r], targets_N[r], lse_N[r], _rows(ent_N, r), g_lp_N[r], _rows(g_ent_N, r),
+                                inv_temperature, _rows(out, r))
+    return z_NB if out is None else out
+
+
+def jsd_rows(s_NV: Tensor, t_NV: Tensor, beta: float, inv_temperature: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return _cat([_jsd_block(s_NV[r], t_NV[r], beta, inv_temperature) for r in _row_blocks(*s_NV.shape)])
+
+
+def jsd_rows_backward_(
+    s_NB: Tensor, t_NB: Tensor, lse_s: Tensor, lse_t: Tensor, c_N: Tensor, g_N: Tensor, beta: float,
+    inv_temperature: float, out: Tensor | None = None,
+) -> Tensor:
+    """s_NB, t_NB: the same block of vocabulary columns of student and teacher logits. Writes dL/dz_s into
+    out, or over s_NB when out is None, and returns it."""
+    for r in _row_blocks(*s_NB.shape):
+        _jsd_backward_block(s_NB[r], t_NB[r], lse_s[r], lse_t[r], c_N[r], g_N[r], beta, inv_temperature,
+                            _rows(out, r))
+    return s_NB if out is None else out
 
 
 def _as_f32(z: torch.Tensor, inv_temperature: float) -> torch.Tensor:
@@ -42,7 +98,7 @@ def _plogratio_sum(logp_NV: torch.Tensor, logq_NV: torch.Tensor) -> torch.Tensor
     return terms.sum(-1)
 
 
-def logprob_rows(
+def _logprob_block(
     z_NV: Tensor, targets_N: Tensor, inv_temperature: float, ignore_index: int, with_entropy: bool
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     x = _as_f32(z_NV, inv_temperature)
@@ -57,12 +113,10 @@ def logprob_rows(
     return lp_N, lse_N, ent_N
 
 
-def logprob_rows_backward_(
+def _logprob_backward_block(
     z_NB: Tensor, targets_N: Tensor, lse_N: Tensor, ent_N: Tensor | None, g_lp_N: Tensor, g_ent_N: Tensor | None,
     inv_temperature: float, out: Tensor | None = None,
 ) -> Tensor:
-    """z_NB: a block of logits columns; targets_N: the target's column in it, or -1 (elsewhere, ignored).
-    Writes dL/dz into out, or over z_NB when out is None, and returns it."""
     dest = z_NB if out is None else out
     if dest is not z_NB and dest.dtype == F32:
         x = dest.copy_(z_NB)
@@ -93,7 +147,7 @@ def _log_mixture(logq_NV, logp_NV, beta):
     return torch.logaddexp(logq_NV + math.log1p(-beta), logp_NV + math.log(beta))
 
 
-def jsd_rows(s_NV: Tensor, t_NV: Tensor, beta: float, inv_temperature: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _jsd_block(s_NV: Tensor, t_NV: Tensor, beta: float, inv_temperature: float) -> tuple[Tensor, ...]:
     xs, xt = _as_f32(s_NV, inv_temperature), _as_f32(t_NV, inv_temperature)
     lse_s, lse_t = torch.logsumexp(xs, -1), torch.logsumexp(xt, -1)
     logq, logp = xs - lse_s[:, None], xt - lse_t[:, None]
@@ -110,12 +164,10 @@ def jsd_rows(s_NV: Tensor, t_NV: Tensor, beta: float, inv_temperature: float) ->
     return jsd_N, lse_s, lse_t, c_N
 
 
-def jsd_rows_backward_(
+def _jsd_backward_block(
     s_NB: Tensor, t_NB: Tensor, lse_s: Tensor, lse_t: Tensor, c_N: Tensor, g_N: Tensor, beta: float,
     inv_temperature: float, out: Tensor | None = None,
 ) -> Tensor:
-    """s_NB, t_NB: the same block of vocabulary columns of student and teacher logits. Writes dL/dz_s into
-    out, or over s_NB when out is None, and returns it."""
     logq = _as_f32(s_NB, inv_temperature) - lse_s[:, None]
     logp = _as_f32(t_NB, inv_temperature) - lse_t[:, None]
     q = logq.exp()

@@ -202,3 +202,22 @@ def test_jsd_with_a_masked_vocabulary_block(backend):
     out = kernels.generalized_jsd(s, t, beta=0.5)
     expected = Backend("torch").generalized_jsd(s[:, 4096:], t[:, 4096:], beta=0.5)
     assert torch.allclose(out[0], expected[0], atol=1e-5) and out[0] > 0
+
+
+def test_torch_twin_jsd_row_blocks_match_trl(monkeypatch):
+    """The CPU twin's JSD rows in forced 2-row blocks still equal TRL's full-logits loss, gradients too."""
+    import atlas.kernels.reference as reference
+
+    calls = []
+    block = reference._jsd_block
+    monkeypatch.setattr(reference, "ROW_BLOCK_ELEMENTS", 2 * 300)
+    monkeypatch.setattr(reference, "_jsd_block", lambda *a: calls.append(1) or block(*a))
+    s, t, g = _pair(9, 300, seed=12)
+    ours = s.float().requires_grad_()
+    out = Backend("torch").generalized_jsd(ours, t.float(), 0.5, 0.9)
+    (out * g.float()).sum().backward()
+    ref_s = s.clone().requires_grad_()
+    ref = trl_jsd(ref_s, t, 0.5, 0.9)
+    (ref * g).sum().backward()
+    assert len(calls) == 5  # 9 rows in blocks of 2
+    assert rel_err(out, ref) <= FP32_TOL and rel_err(ours.grad, ref_s.grad) <= FP32_TOL
