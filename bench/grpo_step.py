@@ -1,0 +1,337 @@
+"""GRPO step: atlas's GRPO against TRL's GRPOTrainer on the same tiny random Qwen2 and tokenizer (CPU).
+
+    python bench/grpo_step.py                      # s/step, completion tokens/s, phases; then logprob memory
+    python bench/grpo_step.py --rounds 5 --skip-memory
+    python bench/grpo_step.py --profile            # also the top ops (torch.profiler) of one step of each
+
+Both trainers load one checkpoint directory (bench/sft_step.py's tokenizer: a 512-entry byte-level BPE
+with a ChatML template; random Qwen2 weights saved by transformers: hidden 128, 4 layers, 4 heads / 2 KV
+heads, intermediate 384, vocab 512, tied embeddings, fp32 — the shape ../shared/docs/embedded-default-
+notes.md timed TRL on) and run the issue's step: 1 prompt x 8 generations, exactly 64 completion tokens
+each (atlas: `ignore_eos`; TRL: `min_new_tokens=64`, which masks the end-of-turn token until then; both
+checked: 512 completion tokens per step), temperature 1, no top-k/top-p, beta 0.04 (a reference model
+scored every step), one optimizer step per rollout batch (mu = 1: old log-probs are the detached current
+ones in both), the 8 sequences in one micro-batch, DAPO-style token-mean loss (atlas `token_mean`, TRL
+`dapo`), torch's AdamW at lr 1e-6 (constant, no warmup, clipping at 1.0), no gradient checkpointing, fp32,
+no logging or saving (TRL: logging/save strategy "no", report_to "none"). The prompt is one chat message
+of 12 made-up words, the same every step, and both render the same prompt ids (checked). The reward is a
+cheap rule (the completion's length mod 7) so that groups have mixed rewards and the loss is not zero.
+
+Timing: the methods alternate in rounds; each round runs `--steps` + 1 steps per method and keeps the
+intervals between consecutive step ends (TRL: its own `train()` loop timed at `on_step_end`; atlas:
+`trainer.step` in a loop), so no round's first step counts. Median s/step over every round; completion
+tokens/s = 512 / that. Phases: atlas's own (`rollout_s`, `reward_s`, `logprob_s`: the reference model's
+no-grad pass, `update_s`: forward/backward/optimizer); TRL's by wrapping its methods on the instance
+(rollout: `_generate`, prompt rendering + `generate` + decoding; reward: `_calculate_rewards`; logprob: its
+no-grad `_get_per_token_logps_and_entropies` calls, the reference pass; update: the rest of the step).
+
+`atlas, compiled sampler` is the same trainer with its Sampler replaced by `Sampler(model, tokenizer,
+compile=True)` (a torch.compile'd decode step; GRPOConfig has no switch for it): a lever, not the default.
+
+Memory (`--memory-vocab` 151,936, the same model otherwise): one fresh subprocess per method, a warm-up
+step, then the logprob phase of the next step (the reference model's no-grad pass over the 8 sequences
+of 35 + 64 tokens) is measured in place: RSS high-water mark reset at the phase's entry (after
+malloc_trim; glibc's mmap threshold fixed, see bench/sft_step.py), read at its exit; working memory =
+peak - RSS at entry. Left out: GPU runs (bf16, Qwen2.5-0.5B shape, MFU), vLLM generation for TRL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from sft_step import (
+    build_checkpoint,
+    load,
+    machine,
+    quiet_libraries,
+    reset_peak,
+    run_child,
+    sentence,
+    status_bytes,
+    versions,
+)
+
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)  # see bench/sampler.py: bench/kernels.py must not shadow the `kernels` package
+
+SHAPE = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=True)
+G, NEW = 8, 64
+PHASES = ("rollout_s", "reward_s", "logprob_s", "update_s")
+
+
+def length_reward(prompts, completions, **columns) -> list[float]:
+    """A cheap rule with spread: the completion's length mod 7 (TRL passes chat completions as messages)."""
+    texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
+    return [float(len(t) % 7) for t in texts]
+
+
+def prompt_messages() -> list[dict]:
+    import random
+
+    return [{"role": "user", "content": sentence(random.Random(3), 12)}]
+
+
+class AtlasRunner:
+    def __init__(self, directory: Path, out: Path, args, compiled: bool = False):
+        import atlas.model as am
+        from atlas.rl import GRPO, GRPOConfig
+        from atlas.sampler import Sampler
+
+        self.tokenizer = am.Tokenizer.from_pretrained(directory)
+        config = GRPOConfig(output_dir=str(out), max_steps=10**6, prompts_per_step=1, num_generations=G,
+                            max_new_tokens=NEW, beta=args.beta, temperature=1.0, lr=1e-6, warmup_ratio=0.0,
+                            micro_batch_size=G)
+        self.trainer = GRPO(am.from_pretrained(directory), self.tokenizer, length_reward, config)
+        # GRPOConfig has no ignore_eos: the benchmark needs every completion at exactly 64 tokens
+        self.trainer.params = dataclasses.replace(self.trainer.params, ignore_eos=True)
+        if compiled:  # GRPOConfig has no switch for it either: the lever measured, not a default
+            self.trainer.sampler = Sampler(self.trainer.model, self.tokenizer, compile=True)
+        self.batch = [{"prompt": prompt_messages()}]
+
+    def prompt_ids(self) -> list[int]:
+        return self.tokenizer.apply_chat_template(prompt_messages(), add_generation_prompt=True, tokenize=True)
+
+    def run(self, steps: int) -> list[dict]:
+        rows, t_prev = [], time.perf_counter()
+        for i in range(steps + 1):
+            row = self.trainer.step(self.batch)
+            now = time.perf_counter()
+            assert row["tokens"] == G * NEW, f"atlas sampled {row['tokens']} completion tokens, not {G * NEW}"
+            if i:
+                rows.append({"step_s": now - t_prev, **{k: row[k] for k in PHASES}})
+            t_prev = now
+        return rows
+
+
+class TRLRunner:
+    """TRL's GRPOTrainer; `run()` calls its train() for steps + 1 steps and returns per-step intervals with
+    the phases timed inside each."""
+
+    def __init__(self, directory: Path, out: Path, args, steps: int):
+        from datasets import Dataset
+        from transformers import AutoTokenizer, PrinterCallback, TrainerCallback
+        from trl import GRPOConfig, GRPOTrainer
+
+        config = GRPOConfig(
+            output_dir=str(out), max_steps=steps + 1, per_device_train_batch_size=G, num_generations=G,
+            gradient_accumulation_steps=1, max_completion_length=NEW, generation_kwargs={"min_new_tokens": NEW},
+            beta=args.beta, temperature=1.0, top_p=1.0, top_k=0, learning_rate=1e-6, lr_scheduler_type="constant",
+            warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, optim="adamw_torch", loss_type="dapo",
+            gradient_checkpointing=False, bf16=False, use_cpu=True, logging_strategy="no", save_strategy="no",
+            eval_strategy="no", report_to="none", disable_tqdm=True, dataloader_num_workers=0, seed=0)
+        self.tokenizer = AutoTokenizer.from_pretrained(directory)
+        self.acc: dict[str, float] = {}
+        self.ends: list[tuple[float, dict]] = []
+        runner = self
+
+        class Clock(TrainerCallback):
+            def on_step_end(self, a, state, control, **kwargs):
+                runner.ends.append((time.perf_counter(), dict(runner.acc)))
+                runner.acc.clear()
+
+        dataset = Dataset.from_list([{"prompt": prompt_messages()}] * (steps + 1))
+        self.trainer = GRPOTrainer(model=str(directory), reward_funcs=length_reward, args=config,
+                                   train_dataset=dataset, processing_class=self.tokenizer, callbacks=[Clock()])
+        self.trainer.remove_callback(PrinterCallback)  # train()'s closing summary line
+        t = self.trainer
+        t._generate = self._timed(t._generate, "rollout_s")
+        t._calculate_rewards = self._timed(t._calculate_rewards, "reward_s")
+        t._get_per_token_logps_and_entropies = self._timed(t._get_per_token_logps_and_entropies, "logprob_s",
+                                                           no_grad_only=True)
+
+    def _timed(self, fn, phase: str, no_grad_only: bool = False):
+        def wrapper(*a, **k):
+            if no_grad_only and torch.is_grad_enabled():  # the policy's pass inside the loss: the update
+                return fn(*a, **k)
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                self.acc[phase] = self.acc.get(phase, 0.0) + time.perf_counter() - t0
+        return wrapper
+
+    def prompt_ids(self) -> list[int]:
+        return self.tokenizer.apply_chat_template(prompt_messages(), add_generation_prompt=True, tokenize=True)
+
+    def run(self) -> list[dict]:
+        self.ends.clear()
+        self.acc.clear()
+        self.trainer.train()
+        lengths = self.trainer._metrics["train"]["completions/mean_length"]
+        assert all(n == NEW for n in lengths), f"TRL completions were not all {NEW} tokens long: {lengths}"
+        lengths.clear()
+        rows = []
+        for (a, _), (b, phases) in zip(self.ends, self.ends[1:]):
+            row = {"step_s": b - a, **{k: phases.get(k, 0.0) for k in PHASES[:3]}}
+            row["update_s"] = row["step_s"] - sum(row[k] for k in PHASES[:3])
+            rows.append(row)
+        return rows
+
+
+def ids_of(x) -> list[int]:
+    return list(x["input_ids"] if isinstance(x, dict) or hasattr(x, "keys") else x)
+
+
+def profile_steps(atlas: AtlasRunner, trl: TRLRunner) -> None:
+    """torch.profiler over one steady-state step of each: the top ops by self time, and the share of the
+    step's wall time spent inside any op (the rest is Python: loops, bookkeeping, framework layers)."""
+    from torch.profiler import profile
+    from transformers import TrainerCallback
+
+    atlas.run(1)
+    with profile() as prof:
+        t0 = time.perf_counter()
+        atlas.trainer.step(atlas.batch)
+        wall = time.perf_counter() - t0
+    report_profile("atlas", prof, wall)
+
+    holder: dict = {}
+
+    class Window(TrainerCallback):  # profiles from the end of step 1 to the end of step 2
+        def on_step_end(self, a, state, control, **kwargs):
+            if state.global_step == 1:
+                holder["prof"] = profile()
+                holder["prof"].start()
+                holder["t0"] = time.perf_counter()
+            elif state.global_step == 2:
+                holder["wall"] = time.perf_counter() - holder["t0"]
+                holder["prof"].stop()
+
+    window = Window()
+    trl.trainer.add_callback(window)
+    trl.run()
+    trl.trainer.remove_callback(window)
+    report_profile("TRL", holder["prof"], holder["wall"])
+
+
+def report_profile(name: str, prof, wall: float) -> None:
+    events = prof.key_averages()
+    # top-level ops only (self time of every op sums to the time spent in ops)
+    in_ops = sum(e.self_cpu_time_total for e in events) / 1e6
+    print(f"\n{name}: one step {wall:.3f} s wall, {in_ops:.3f} s inside torch ops ({in_ops / wall:.0%})")
+    print(events.table(sort_by="self_cpu_time_total", row_limit=10))
+
+
+def timing(args, root: Path) -> None:
+    directory = build_checkpoint(root / "ckpt", args.vocab, SHAPE)
+    atlas = AtlasRunner(directory, root / "atlas", args)
+    compiled = AtlasRunner(directory, root / "atlas-compiled", args, compiled=True) if args.compiled else None
+    trl = TRLRunner(directory, root / "trl", args, args.steps)
+    a_ids, t_ids = atlas.prompt_ids(), ids_of(trl.prompt_ids())
+    assert a_ids == t_ids, f"the two render different prompt ids:\n{a_ids}\n{t_ids}"
+    print(f"\nvocab {args.vocab}: 1 prompt ({len(a_ids)} tokens) x {G} generations x {NEW} new tokens, beta "
+          f"{args.beta}; {load()}", flush=True)
+    rows: dict[str, list[dict]] = {"atlas": [], "TRL": []}
+    if compiled is not None:
+        t0 = time.perf_counter()
+        compiled.run(0)
+        print(f"  atlas compiled sampler: first step (compiles the decode step) {time.perf_counter() - t0:.1f} s")
+        rows["atlas, compiled sampler"] = []
+    for r in range(args.rounds):
+        rows["atlas"] += atlas.run(args.steps)
+        if compiled is not None:
+            rows["atlas, compiled sampler"] += compiled.run(args.steps)
+        rows["TRL"] += trl.run()
+        print(f"  round {r + 1}: " + ", ".join(f"{k} {statistics.median(x['step_s'] for x in v[-args.steps:]):.3f} "
+                                                f"s/step" for k, v in rows.items()) + f"; {load()}", flush=True)
+    med = {k: {p: statistics.median(x[p] for x in v) for p in ("step_s", *PHASES)} for k, v in rows.items()}
+    print("| method | s/step (median, min-max) | completion tok/s | rollout | reward | logprob | update |\n"
+          "|---|---|---|---|---|---|---|")
+    for k, v in rows.items():
+        steps = [x["step_s"] for x in v]
+        m = med[k]
+        print(f"| {k} | {m['step_s']:.3f} ({min(steps):.3f}-{max(steps):.3f}) | {G * NEW / m['step_s']:,.0f} | " +
+              " | ".join(f"{m[p]:.3f}" for p in PHASES) + " |")
+    for k in rows:
+        if k != "TRL":
+            print(f"{k} / TRL completion tokens/s: {med['TRL']['step_s'] / med[k]['step_s']:.2f}x (target >= 2x)")
+    if args.profile:
+        profile_steps(atlas, trl)
+
+
+def memory_child(args) -> None:
+    """The logprob phase of one method's second step, measured in place; prints JSON."""
+    torch.set_num_threads(args.threads)
+    directory = Path(args.workdir) / f"ckpt-{args.memory_vocab}"
+    records: list[tuple[int, int]] = []
+
+    def measured(fn, no_grad_only: bool):
+        def wrapper(*a, **k):
+            if no_grad_only and torch.is_grad_enabled():
+                return fn(*a, **k)
+            start = reset_peak()
+            out = fn(*a, **k)
+            records.append((start, status_bytes("VmHWM")))
+            return out
+        return wrapper
+
+    if args.method == "atlas":
+        runner = AtlasRunner(directory, Path(args.workdir) / "mem-atlas", args)
+        runner.trainer._logprobs = measured(runner.trainer._logprobs, False)
+        runner.run(1)
+    else:
+        runner = TRLRunner(directory, Path(args.workdir) / "mem-trl", args, 1)
+        t = runner.trainer
+        t._get_per_token_logps_and_entropies = measured(t._get_per_token_logps_and_entropies, True)
+        runner.run()
+    assert len(records) == 2, f"expected one logprob phase per step, got {len(records)}"
+    start, peak = records[-1]
+    print(json.dumps(dict(method=args.method, start=start, peak=peak)))
+
+
+def memory(args, root: Path) -> None:
+    build_checkpoint(root / f"ckpt-{args.memory_vocab}", args.memory_vocab, SHAPE)
+    mib = 1 << 20
+    rows = [run_child(__file__, ["--child", "--method", m, "--workdir", str(root), "--memory-vocab",
+                                 str(args.memory_vocab), "--beta", str(args.beta), "--threads", str(args.threads)])
+            for m in ("atlas", "trl")]
+    print(f"\nlogprob phase memory: vocab {args.memory_vocab:,}, reference pass over {G} x (prompt + {NEW}) tokens, "
+          "fp32; one subprocess per method")
+    print("| method | RSS at entry | peak | working |\n|---|---|---|---|")
+    for r in rows:
+        r["working"] = r["peak"] - r["start"]
+        print(f"| {r['method']} | {r['start'] / mib:,.0f} MiB | {r['peak'] / mib:,.0f} MiB | "
+              f"{r['working'] / mib:,.1f} MiB |")
+    print(f"atlas / TRL logprob-phase working memory: {rows[0]['working'] / rows[1]['working']:.1%}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--vocab", type=int, default=512, help="model vocabulary of the timed runs")
+    ap.add_argument("--beta", type=float, default=0.04)
+    ap.add_argument("--steps", type=int, default=5, help="timed steps per method and round")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--memory-vocab", type=int, default=151936)
+    ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--compiled", action=argparse.BooleanOptionalAction, default=True,
+                    help="also time atlas with Sampler(compile=True) swapped in")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--method", help=argparse.SUPPRESS)
+    ap.add_argument("--workdir", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    quiet_libraries()
+    if args.child:
+        memory_child(args)
+        return
+    print(f"machine: {machine()}, {args.threads} threads; {versions()}; {load()}")
+    with tempfile.TemporaryDirectory() as d:
+        timing(args, Path(d))
+        if not args.skip_memory:
+            memory(args, Path(d))
+    print(f"done; {load()}")
+
+
+if __name__ == "__main__":
+    main()
