@@ -117,7 +117,6 @@ class GKD(Trainer):
         self.reward_fn = reward_fn
         self.batch_size = config.batch_size
         self.vocab = tokenizer.vocab_size
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.baseline: dict[str, float] | None = None
         self.record: list[tuple[list[int], list[int]]] | None = None  # set to a list to keep what was scored
 
@@ -127,8 +126,8 @@ class GKD(Trainer):
         on_policy = random.Random(stream_seed(config.seed, step, 1)).random() < config.lmbda
         sequences = self._sequences(batch, step, on_policy)
         t1 = time.perf_counter()
-        total = int(ad.all_reduce(torch.tensor([float(sum(sum(m[1:]) for _, m in sequences))],
-                                               device=ad.device())).item())
+        lengths = [sum(m[1:]) for _, m in sequences]  # completion tokens per sequence (targets start at 1)
+        total = int(ad.all_reduce(torch.tensor([float(sum(lengths))], device=ad.device())).item())
         if total == 0:
             raise ValueError("this step has no completion token to distil on")
         per_rank = -(-len(batch) // ad.world_size())
@@ -150,7 +149,6 @@ class GKD(Trainer):
                 self.backward(loss)
                 loss_sum += loss.detach().double()
         out = self.optimizer_step()
-        lengths = [sum(m[1:]) for _, m in sequences]
         stats = ad.all_reduce(torch.tensor([loss_sum.item(), float(sum(lengths)), float(len(lengths))],
                                            dtype=torch.float64, device=ad.device())).tolist()
         return {"loss": stats[0], "on_policy": int(on_policy), "completion_len_mean": stats[1] / max(stats[2], 1),

@@ -84,7 +84,6 @@ class SFT(Trainer):
         self.batch_size = config.batch_size
         self.reward_fn = reward_fn
         self.dropped: Counter[str] = Counter()
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     def prepare(self, examples: Sequence[Any]) -> list[Encoded]:
         out = []

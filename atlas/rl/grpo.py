@@ -157,7 +157,6 @@ class GRPO(Trainer):
             self.ref = ad.parallelize(ref_model, param_dtype=DTYPES.get(config.param_dtype)).eval()
         self.batch_size = config.prompts_per_step
         self.sampler = Sampler(self.model, tokenizer)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.params = SamplingParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
                                      top_p=config.top_p, top_k=config.top_k, min_p=config.min_p,
                                      n=config.num_generations)
@@ -308,7 +307,7 @@ class GRPO(Trainer):
                                       norm=config.loss_norm)
             self.backward(loss)
             sampler = rb.per_token([r.logprobs for r in rollouts], rollouts, device)
-            gap = ((old if b.old is not None else logp.detach()) - sampler).abs() * valid
+            gap = (old - sampler).abs() * valid  # old: this pass's own log-probs at mu = 1
             sums += torch.stack([loss.detach().double(), stats.get("kl", torch.zeros((), device=device)).double(),
                                  stats["clipped"].double(), stats["tokens"].double(),
                                  (entropy.detach() * valid).sum().double(), gap.sum().double(),

@@ -106,6 +106,7 @@ class Trainer(ABC):
     def __init__(self, model: Transformer, tokenizer, config: TrainConfig):
         ad.init()
         self.config, self.tokenizer = config, tokenizer
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         torch.manual_seed(config.seed)
         self.model = ad.parallelize(model, param_dtype=DTYPES.get(config.param_dtype),
                                     activation_checkpointing=config.activation_checkpointing)
