@@ -3,7 +3,8 @@
     output_dir/
       config.yaml                   the resolved config of the run
       checkpoints/step_00000012/    one resume state per save:
-          .metadata, __*_*.distcp     DCP shards of model and optimizer state (every rank writes its own)
+          .metadata, __*_*.distcp     DCP shards of model and optimizer state (every rank writes its own),
+                                      and of the frozen models that move during a run (a synced reference)
           trainer.json                step, data position, counters, trainer extras (global rank 0)
           rng.<rank>.pt               each rank's RNG states (torch CPU and CUDA, python's random)
           config.yaml                 the config it was saved under
@@ -35,7 +36,13 @@ from typing import Any
 
 import torch
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    get_model_state_dict,
+    get_state_dict,
+    set_model_state_dict,
+    set_state_dict,
+)
 
 import atlas.distributed as ad
 from atlas.config import save_config
@@ -58,8 +65,10 @@ def latest_state(output_dir: str | Path) -> Path | None:
 
 
 def save_state(output_dir: str | Path, step: int, model: Transformer, optimizer: torch.optim.Optimizer,
-               trainer_state: dict[str, Any], config: Any, keep: int = 2) -> Path:
-    """Write the resume state of `step` (every rank must call it); returns its directory."""
+               trainer_state: dict[str, Any], config: Any, keep: int = 2,
+               others: dict[str, nn.Module] | None = None) -> Path:
+    """Write the resume state of `step` (every rank must call it); returns its directory. `others`: more
+    models by name (not trained here, but moving: GRPO's synced reference), saved beside the policy."""
     final = state_dir(output_dir, step)
     tmp = final.parent / f".{final.name}.tmp"
     if ad.is_main():
@@ -67,9 +76,9 @@ def save_state(output_dir: str | Path, step: int, model: Transformer, optimizer:
         tmp.mkdir(parents=True)
     ad.barrier()
     model_sd, optim_sd = get_state_dict(model, optimizer)
+    state = {"model": model_sd, "optim": optim_sd, **{k: get_model_state_dict(m) for k, m in (others or {}).items()}}
     with _one_process_is_fine():
-        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp),
-                 no_dist=not torch.distributed.is_initialized())
+        dcp.save(state, checkpoint_id=str(tmp), no_dist=not torch.distributed.is_initialized())
     torch.save(_rng_state(), tmp / f"rng.{ad.rank()}.pt")
     ad.barrier()
     if ad.is_main():
@@ -89,16 +98,21 @@ def save_state(output_dir: str | Path, step: int, model: Transformer, optimizer:
     return final
 
 
-def load_state(path: str | Path, model: Transformer, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Restore model, optimizer and this rank's RNG from a resume state; returns trainer.json's content."""
+def load_state(path: str | Path, model: Transformer, optimizer: torch.optim.Optimizer,
+               others: dict[str, nn.Module] | None = None) -> dict[str, Any]:
+    """Restore model, optimizer, `others` (as saved) and this rank's RNG from a resume state; returns
+    trainer.json's content."""
     path = Path(path)
     if not (path / "COMPLETE").exists():
         raise ValueError(f"{path} is not a complete resume state (no COMPLETE marker): an interrupted save?")
     model_sd, optim_sd = get_state_dict(model, optimizer)
-    state = {"model": model_sd, "optim": optim_sd}
+    others = others or {}
+    state = {"model": model_sd, "optim": optim_sd, **{k: get_model_state_dict(m) for k, m in others.items()}}
     with _one_process_is_fine():
         dcp.load(state, checkpoint_id=str(path), no_dist=not torch.distributed.is_initialized())
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    for key, m in others.items():
+        set_model_state_dict(m, state[key])
     rng = path / f"rng.{ad.rank()}.pt"
     if rng.exists():
         _set_rng_state(torch.load(rng, weights_only=True))

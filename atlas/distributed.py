@@ -20,9 +20,13 @@ and computed with in `param_dtype`, and gradients are reduce-scattered in `reduc
 averaged over all data-parallel ranks (FSDP2's default; call the model's `set_gradient_divide_factor` to
 change it), so a loss normalised by a global count is multiplied by the world size before backward.
 `Transformer.token_logprobs` and `Transformer.generalized_jsd` are registered as FSDP forward methods, so
-the LM head is unsharded, cast and reduce-scattered as in forward. Mixed precision needs FSDP, so under
-plain `python` a param dtype is a ValueError (run under `torchrun --nproc_per_node=1`, or load the model
-in that dtype).
+the LM head is unsharded, cast and reduce-scattered as in forward.
+
+Mixed precision is FSDP2's and nothing else: under plain `python`, a param dtype makes `parallelize` start a
+one-rank process group (an in-process store: no port, no network) and shard over it. One process then
+runs exactly the code N processes run (the same bf16 casts at the same places, sampling on the bf16
+all-gathered weights), so its rows are N processes' rows up to reduction order; autocast would be a
+second mechanism with other numerics (it keeps element-wise ops in fp32). The group is left at exit.
 
 Randomness: everything that decides results (data order, sampling seeds, initialisation) is derived from
 the global seed alone, identically on every rank, so the world size never changes them; what must
@@ -33,6 +37,7 @@ Left out: tensor, pipeline and context parallelism; CPU offload; float8.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import sys
@@ -94,6 +99,17 @@ def rank_seed(seed: int) -> int:
     return (seed * 1_000_003 + rank()) % 2**63
 
 
+def _init_one_rank() -> None:
+    """A process group of this process alone (see the module docstring): FSDP2 for plain `python`."""
+    if torch.cuda.is_available():
+        dist.init_process_group("cpu:gloo,cuda:nccl", store=dist.HashStore(), rank=0, world_size=1,
+                                device_id=device())
+    else:
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
+    logger.info("mixed precision under plain python: FSDP2 on a one-rank process group")
+
+
 def device_mesh(dp_replicate: int = 1) -> DeviceMesh | None:
     """The data-parallel mesh over every rank: ("dp_shard",), or ("dp_replicate", "dp_shard") with
     `dp_replicate` groups for HSDP (e.g. the number of nodes). None without a process group."""
@@ -123,18 +139,16 @@ def parallelize(
 
     mesh: a DeviceMesh (from `device_mesh()` or a plain 1-D `init_device_mesh`); None takes `device_mesh()`. A model
     that is already an FSDP module is left as it is (only the checkpointing flag is set), so trainers can
-    call this on whatever they are given.
+    call this on whatever they are given. Without a process group the model is returned unsharded, unless
+    `param_dtype` asks for mixed precision (then over a one-rank group: the module docstring).
     """
     model.activation_checkpointing = activation_checkpointing
     if isinstance(model, FSDPModule):
         return model
+    if mesh is None and param_dtype is not None and not dist.is_initialized():
+        _init_one_rank()
     mesh = mesh if mesh is not None else device_mesh()
     if mesh is None:
-        if param_dtype is not None:
-            raise ValueError(
-                f"param_dtype={param_dtype} is FSDP2's mixed precision, which needs a process group: run under "
-                "torchrun (--nproc_per_node=1 works), or load the model in that dtype and pass param_dtype=None"
-            )
         return model
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype if param_dtype else None)
     for block in model.layers:

@@ -118,17 +118,20 @@ def resolve_path(value: str, base_dir: str) -> str:
     return value
 
 
-def load_model(recipe: Recipe, name: str, param_dtype: str | None):
+def load_model(recipe: Recipe, name: str, param_dtype: str | None, frozen: bool = False):
+    """(model, tokenizer, path): a trained model in fp32 (its master weights), a frozen one (reference,
+    teacher) in the compute dtype; under torchrun sharded as it is read, else whole (the trainer shards)."""
     import atlas.model as am
 
     path = resolve_path(name, recipe.base_dir)
     tokenizer = am.Tokenizer.from_pretrained(path, chat_template=recipe.chat_template)
     ad.init()
-    dtype = None if param_dtype is None else getattr(torch, param_dtype)
+    compute = None if param_dtype is None else getattr(torch, param_dtype)
+    dtype = (compute or torch.float32) if frozen else torch.float32
     if ad.world_size() > 1:
-        model = ad.load_pretrained(path, param_dtype=dtype)
+        model = ad.load_pretrained(path, dtype=dtype, param_dtype=None if frozen else compute)
     else:
-        model = am.from_pretrained(path, device=ad.device(), dtype=torch.float32 if dtype else None)
+        model = am.from_pretrained(path, device=ad.device(), dtype=dtype)
     return model, tokenizer, path
 
 
@@ -213,7 +216,7 @@ def _trainer(recipe: Recipe):
     if recipe.recipe == "gkd":
         if recipe.teacher is None:
             raise ValueError("the gkd recipe needs a teacher: set teacher: <checkpoint> (or --teacher)")
-        teacher, teacher_tokenizer, _ = load_model(recipe, recipe.teacher, recipe.train.param_dtype)
+        teacher, teacher_tokenizer, _ = load_model(recipe, recipe.teacher, recipe.train.param_dtype, frozen=True)
         reward = rim_reward() if recipe.reward == "rim" else rule
         return GKD(model, teacher, tokenizer, recipe.train, reward_fn=reward, teacher_tokenizer=teacher_tokenizer), \
             train, evals, report
@@ -223,7 +226,7 @@ def _trainer(recipe: Recipe):
     reward = rim_reward() if recipe.reward == "rim" else rule
     ref = None
     if recipe.train.beta > 0 and ad.world_size() > 1:
-        ref, _, _ = load_model(recipe, recipe.model, recipe.train.param_dtype)
+        ref, _, _ = load_model(recipe, recipe.model, recipe.train.param_dtype, frozen=True)
     return GRPO(model, tokenizer, reward, recipe.train, ref_model=ref), train, evals, report
 
 
@@ -249,7 +252,7 @@ def _teaching(recipe: Recipe, teacher, tokenizer):
         judge = RIM(RIMConfig.load(active_judges=("helpfulness", "process")))
     ref = None
     if config.beta > 0 and ad.world_size() > 1:
-        ref, _, _ = load_model(recipe, recipe.model, config.param_dtype)
+        ref, _, _ = load_model(recipe, recipe.model, config.param_dtype, frozen=True)
     return Teaching(teacher, tokenizer, client, config, ref_model=ref, judge=judge)
 
 

@@ -18,7 +18,8 @@ The loss comes from both models' hidden states and LM heads in chunks (`Transfor
 an FSDP forward method on the student), so neither [tokens x vocab] logits tensor exists; under FSDP2 the
 teacher's root (embeddings and head) is unsharded for the step with the public `FSDPModule.unshard` and
 resharded after the backward, which recomputes the teacher's logits tile by tile. The teacher is frozen
-(no gradient, no optimizer state) and sharded like the student under torchrun.
+(no gradient, no optimizer state), held in the compute dtype (`param_dtype`, else fp32) and sharded like
+the student.
 
 Vocabularies: student and teacher must share a tokenizer. A second tokenizer (`teacher_tokenizer`) is
 compared with the first: a different size or a different id for any piece is a ValueError. Embedding
@@ -52,7 +53,7 @@ from atlas.sampler import SamplingParams, stream_seed
 from atlas.train.data import IGNORE, as_conversation, encode_conversation, micro_batches, pad_micro_batches, shard
 from atlas.train.evaluate import greedy_eval
 from atlas.train.rollout import micro_batch_count, sample_rollouts
-from atlas.train.trainer import DTYPES, TrainConfig, Trainer
+from atlas.train.trainer import TrainConfig, Trainer
 
 
 @dataclass
@@ -112,8 +113,7 @@ class GKD(Trainer):
                  reward_fn: Callable[..., list[float]] | None = None, teacher_tokenizer=None):
         check_vocabularies(tokenizer, teacher_tokenizer, student, teacher)
         super().__init__(student, tokenizer, config)
-        teacher.requires_grad_(False)
-        self.teacher = ad.parallelize(teacher, param_dtype=DTYPES.get(config.param_dtype)).eval()
+        self.teacher = self.freeze(teacher)
         self.reward_fn = reward_fn
         self.batch_size = config.batch_size
         self.vocab = tokenizer.vocab_size

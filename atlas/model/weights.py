@@ -120,7 +120,9 @@ class Checkpoint:
     @property
     def dtype(self) -> torch.dtype:
         """The default load dtype, as transformers' torch_dtype="auto" reads it: config.json's
-        `torch_dtype`/`dtype`, else the first floating-point tensor's stored dtype."""
+        `torch_dtype`/`dtype`, else the first floating-point tensor's stored dtype. The config carries it
+        (`ModelConfig.torch_dtype`), so a model always knows the dtype its checkpoint came in: the trainers
+        export in it by default, whatever dtype they trained in."""
         return self.config.dtype or self.stored_dtype or torch.float32
 
     def tensors(self, device: torch.device | str = "cpu") -> Iterator[tuple[str, torch.Tensor]]:
@@ -173,6 +175,8 @@ def open_checkpoint(path_or_hub_id: str | os.PathLike) -> Checkpoint:
             + (f"\n  unexpected: {sorted(unexpected)}" if unexpected else "")
             + (f"\n  shape mismatch: {mismatched}" if mismatched else "")
         )
+    if config.torch_dtype is None and stored_dtype is not None:
+        config.torch_dtype = str(stored_dtype).removeprefix("torch.")
     return Checkpoint(directory, config, location, stored_dtype)
 
 

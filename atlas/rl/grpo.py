@@ -14,8 +14,9 @@ One rollout batch (`prompts_per_step` prompts x `num_generations` completions) p
    sampled in) through `model.token_logprobs` at the sampling temperature: the LM head in chunks, no
    [tokens x vocab] tensor beyond one chunk. Old log-probabilities: with mu = 1 they are the current ones
    detached (the ratio is exactly 1); with mu > 1 one no-grad pass before the first inner update. The
-   reference model (a frozen copy, sharded like the policy, skipped when beta = 0) is scored in a no-grad
-   pass. The sampler's own log-probabilities are compared with the trainer's at every rollout
+   reference model (a frozen copy in the compute dtype, sharded like the policy, skipped when beta = 0)
+   is scored in a no-grad pass; with `ref_sync_every` = k it moves toward the policy every k steps
+   (ref <- alpha policy + (1 - alpha) ref), and then the resume state holds it. The sampler's own log-probabilities are compared with the trainer's at every rollout
    (`logprob_gap_mean/max`): one model and one kernel, one number;
 4. the clipped, KL-penalised loss, normalised by global counts (loss_norm), micro-batch by micro-batch,
    then one optimizer step (clipping, the non-finite guard: atlas.train).
@@ -62,7 +63,7 @@ from atlas.sampler import Sampler, SamplingParams
 from atlas.train.data import prompt_messages, reference_of
 from atlas.train.evaluate import greedy_eval
 from atlas.train.rollout import Rollout, micro_batch_count, rollout_batches, sample_rollouts
-from atlas.train.trainer import DTYPES, TrainConfig, Trainer
+from atlas.train.trainer import TrainConfig, Trainer
 
 RewardFn = Callable[..., list[float]]
 
@@ -151,10 +152,7 @@ class GRPO(Trainer):
                                  "give GRPO the unsharded model and it makes and shards the copy itself")
             ref_model = copy.deepcopy(model)
         super().__init__(model, tokenizer, config)
-        self.ref = None
-        if config.beta > 0:
-            ref_model.requires_grad_(False)
-            self.ref = ad.parallelize(ref_model, param_dtype=DTYPES.get(config.param_dtype)).eval()
+        self.ref = self.freeze(ref_model) if config.beta > 0 else None
         self.batch_size = config.prompts_per_step
         self.sampler = Sampler(self.model, tokenizer)
         self.params = SamplingParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
@@ -181,6 +179,10 @@ class GRPO(Trainer):
         return greedy_eval(self.model, self.tokenizer, examples, self.reward,
                            max_new_tokens=config.eval_max_new_tokens or config.max_new_tokens,
                            batch_size=config.eval_batch_size)
+
+    def moving_models(self) -> dict[str, Transformer]:
+        """The reference, once syncing moves it away from the initial policy."""
+        return {"ref": self.ref} if self.ref is not None and self.config.ref_sync_every else {}
 
     def extra_state(self) -> dict[str, Any]:
         """The rollout batch an interrupted mu-cycle is still using (nothing between cycles)."""

@@ -6,8 +6,16 @@
 A trainer is a `Trainer` subclass that implements `step(batch) -> metrics` (one optimizer step on a
 global batch, metrics already reduced over ranks) and `evaluate(examples) -> metrics`; `train` does the
 rest, identically for SFT, GRPO and GKD:
+- keeps fp32 master weights: a model given in another dtype (a bf16 hub checkpoint) is upcast in place,
+  once, with a warning, so the optimizer's weights and its state are fp32 whatever the checkpoint's dtype
+  (in bf16, an update below the weight's spacing rounds away: one GRPO step at lr 1e-6 moved 1.4% of a
+  bf16 model's weights). That is 16 bytes per trained parameter (fp32 weight, gradient, two AdamW
+  moments), sharded over the ranks under FSDP2. `param_dtype` (bf16, say) is only the compute dtype:
+  FSDP2 all-gathers the weights in it (atlas.distributed; under plain python too, on a one-rank group);
 - under torchrun, joins the process group and shards the models it is given (atlas.distributed), with
-  the config's `param_dtype` (mixed precision) and `activation_checkpointing`;
+  the config's `param_dtype` (mixed precision) and `activation_checkpointing`; frozen models (GRPO's
+  reference, GKD's teacher: `freeze`) are kept in the compute dtype (`param_dtype`, else fp32) and
+  sharded alike;
 - seeds torch from `seed` on every rank (the same initialisation and data order everywhere);
 - takes `batch_size` example indices per step from a `DataOrder` over the examples;
 - sets the learning rate of each step (`lr_factor`), and gives subclasses `backward` and
@@ -15,7 +23,9 @@ rest, identically for SFT, GRPO and GKD:
 - evaluates at step 0 (the baseline), every `eval_every` steps and at the end, when eval examples are
   given and `eval_every` > 0;
 - saves a resume state every `save_every` steps and at the end, and the HF export (`output_dir/hf/`) with
-  each one (with `provenance.json` when the caller set `trainer.provenance`: what trained it);
+  each one, in `export_dtype` (by default the dtype the checkpoint came in, `model.config.torch_dtype`:
+  a bf16 checkpoint goes back to serving in bf16), with `provenance.json` when the caller set
+  `trainer.provenance` (what trained it);
   `resume=true` restores the newest complete state (model, optimizer, step, data position, RNG,
   counters) and continues the exact same run: same rows in metrics.jsonl;
 - on SIGTERM (to a worker, or to torchrun, which forwards it) every rank finishes its step, the ranks agree
@@ -32,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import signal
 import threading
 import time
@@ -51,6 +62,7 @@ from atlas.train.data import DataOrder
 from atlas.train.metrics import Metrics
 from atlas.train.optim import NonFiniteGuard, build_optimizer, grad_norm_, lr_factor
 
+logger = logging.getLogger("atlas.train")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -74,8 +86,8 @@ class TrainConfig:
     keep_checkpoints: int = 2
     resume: bool = False
     max_nonfinite_steps: int = 3
-    param_dtype: Literal["float32", "bfloat16", "float16"] | None = None  # FSDP2 mixed precision
-    export_dtype: Literal["float32", "bfloat16", "float16"] | None = None  # HF export; None: as trained
+    param_dtype: Literal["float32", "bfloat16", "float16"] | None = None  # compute dtype (FSDP2 mixed precision)
+    export_dtype: Literal["float32", "bfloat16", "float16"] | None = None  # HF export; None: the checkpoint's
     activation_checkpointing: bool = False
     wandb_project: str | None = None
     run_name: str | None = None
@@ -108,7 +120,9 @@ class Trainer(ABC):
         self.config, self.tokenizer = config, tokenizer
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         torch.manual_seed(config.seed)
-        self.model = ad.parallelize(model, param_dtype=DTYPES.get(config.param_dtype),
+        self.export_dtype = DTYPES[config.export_dtype] if config.export_dtype else model.config.dtype or model.dtype
+        self.compute_dtype = DTYPES.get(config.param_dtype) or torch.float32
+        self.model = ad.parallelize(fp32_master_weights(model), param_dtype=DTYPES.get(config.param_dtype),
                                     activation_checkpointing=config.activation_checkpointing)
         self.model.train()
         self.optimizer = build_optimizer(self.model, config.lr, config.weight_decay, tuple(config.adam_betas))
@@ -130,6 +144,12 @@ class Trainer(ABC):
     def evaluate(self, examples: Sequence[Any]) -> dict[str, float]:
         """Held-out metrics (without the eval_ prefix), reduced over ranks."""
 
+    def freeze(self, model: Transformer) -> Transformer:
+        """A model that never steps (a reference, a teacher): no gradient, no optimizer state, held in the
+        compute dtype and sharded like the policy. Changes the caller's object in place, like the policy."""
+        model.requires_grad_(False)
+        return ad.parallelize(model.to(self.compute_dtype)).eval()
+
     def needs_batch(self) -> bool:
         """Whether the next step takes a new batch of examples (GRPO with mu > 1 reuses its rollouts)."""
         return True
@@ -137,6 +157,11 @@ class Trainer(ABC):
     def prepare(self, examples: Sequence[Any]) -> list[Any]:
         """Turn user examples into what `step` takes (SFT tokenizes here); called once by `train`."""
         return list(examples)
+
+    def moving_models(self) -> dict[str, Transformer]:
+        """Models besides the policy whose weights change during the run (GRPO's synced reference), by
+        name: saved with every resume state and restored with it."""
+        return {}
 
     def extra_state(self) -> dict[str, Any]:
         """JSON-able trainer state beyond model/optimizer/data/RNG, saved with every resume state."""
@@ -191,17 +216,16 @@ class Trainer(ABC):
         state = {"data": self.order.state_dict() if self.order else None, "guard": self.guard.state_dict(),
                  "extra": self.extra_state()}
         save_state(self.output_dir, self.step_count, self.model, self.optimizer, state, self.config,
-                   keep=self.config.keep_checkpoints)
+                   keep=self.config.keep_checkpoints, others=self.moving_models())
         extra = None if self.provenance is None else {
             "provenance.json": json.dumps({**self.provenance, "step": self.step_count}, indent=2, default=str) + "\n"}
-        export_hf(self.model, self.output_dir / "hf", self.tokenizer, DTYPES.get(self.config.export_dtype),
-                  extra_files=extra)
+        export_hf(self.model, self.output_dir / "hf", self.tokenizer, self.export_dtype, extra_files=extra)
 
     def _resume(self) -> int | None:
         path = latest_state(self.output_dir)
         if path is None:
             return None
-        state = load_state(path, self.model, self.optimizer)
+        state = load_state(path, self.model, self.optimizer, others=self.moving_models())
         self.step_count = state["step"]
         if state["data"] is not None:
             self.order.load_state_dict(state["data"])
@@ -235,6 +259,18 @@ class Trainer(ABC):
         flag = torch.tensor([float(self._stop.is_set())], device=ad.device())
         return bool(ad.all_reduce(flag, "max").item())
 
+
+
+def fp32_master_weights(model: Transformer) -> Transformer:
+    """`model` with fp32 parameters (upcast in place, FSDP2-sharded or not); see the module docstring."""
+    low = sorted({str(p.dtype) for p in model.parameters() if p.dtype != torch.float32})
+    if low:
+        n = sum((p.to_local() if hasattr(p, "to_local") else p).numel() for p in model.parameters() if p.requires_grad)
+        logger.warning("training keeps fp32 master weights: the model given in %s is upcast to float32 in place "
+                       "(16 bytes per trained parameter with its gradient and AdamW state: %.2f GiB on this rank); "
+                       "param_dtype=bfloat16 sets the compute dtype", ", ".join(low), 16 * n / 2**30)
+        model.float()
+    return model
 
 
 @contextlib.contextmanager

@@ -54,8 +54,11 @@ def test_micro_batches_do_not_change_the_gradient(tmp_path, monkeypatch):
     assert grads["one"].abs().max() > 0
 
 
-def test_resume_after_sigterm_mid_cycle_continues_the_exact_run(tmp_path):
-    settings = dict(max_steps=6, mu=2, save_every=100, beta=0.04)
+@pytest.mark.parametrize("mu, ref_sync_every", [(2, 0), (1, 1), (2, 1)])
+def test_resume_after_sigterm_mid_cycle_continues_the_exact_run(tmp_path, mu, ref_sync_every):
+    """Cut at step 3 (with mu = 2 the first inner step of the second rollout batch: its rollouts are kept),
+    resume, and the rows are the uninterrupted run's; with a syncing reference, its moved weights too."""
+    settings = dict(max_steps=6, mu=mu, save_every=100, beta=0.04, ref_sync_every=ref_sync_every)
     straight = _grpo(tmp_path / "straight", **settings)
     straight.train(EXAMPLES)
     expected = read_metrics(tmp_path / "straight" / "run" / "metrics.jsonl")
@@ -65,18 +68,20 @@ def test_resume_after_sigterm_mid_cycle_continues_the_exact_run(tmp_path):
 
     def step_then_sigterm(batch):
         row = real_step(batch)
-        if cut.step_count == 3:  # the first inner step of the second rollout batch: its rollouts are kept
+        if cut.step_count == 3:
             os.kill(os.getpid(), signal.SIGTERM)
         return row
 
     cut.step = step_then_sigterm
     out = cut.train(EXAMPLES)
-    assert out["interrupted"] and out["step"] == 3 and cut.buffer is not None and cut.buffer.inner == 1
+    assert out["interrupted"] and out["step"] == 3
+    assert (cut.buffer is not None and cut.buffer.inner == 1) if mu == 2 else cut.buffer is None
     resumed = _grpo(tmp_path / "cut", resume=True, **settings)
     resumed.train(EXAMPLES)
     got = read_metrics(tmp_path / "cut" / "run" / "metrics.jsonl")
     assert [{k: r[k] for k in KEYS} for r in got] == [{k: r[k] for k in KEYS} for r in expected]
-    assert [r["rollout_s"] > 0 for r in got] == [True, False] * 3  # one rollout batch per mu = 2 steps
+    assert [r["rollout_s"] > 0 for r in got] == [True, False] * 3 if mu == 2 else [True] * 6
+    assert all(r["kl"] > 0 for r in got[1:])  # the reference term was there to get wrong
 
 
 def test_truncated_importance_weights_are_the_kept_mass(tmp_path, monkeypatch):
