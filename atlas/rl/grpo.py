@@ -16,8 +16,9 @@ One rollout batch (`prompts_per_step` prompts x `num_generations` completions) p
    detached (the ratio is exactly 1); with mu > 1 one no-grad pass before the first inner update. The
    reference model (a frozen copy in the compute dtype, sharded like the policy, skipped when beta = 0)
    is scored in a no-grad pass; with `ref_sync_every` = k it moves toward the policy every k steps
-   (ref <- alpha policy + (1 - alpha) ref), and then the resume state holds it. The sampler's own log-probabilities are compared with the trainer's at every rollout
-   (`logprob_gap_mean/max`): one model and one kernel, one number;
+   (ref <- alpha policy + (1 - alpha) ref), and then the resume state holds it. The sampler's own
+   log-probabilities are compared with the trainer's at every rollout (`logprob_gap_mean/max`): one
+   model and one kernel, one number;
 4. the clipped, KL-penalised loss, normalised by global counts (loss_norm), micro-batch by micro-batch,
    then one optimizer step (clipping, the non-finite guard: atlas.train).
 

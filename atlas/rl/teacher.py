@@ -15,9 +15,15 @@ Per question (each rank its share of the step's questions):
    - "rim": RIM judges (default helpfulness and process) shown the real question as the prompt, the
      student's post-teaching answer as the response, and the teaching, diagnostic, baseline and reference
      as context (the original's judges saw the teacher's text as the "student answer");
-   then minus `leak_penalty` when the teaching gives the answer away: the reference's final answer found
-   in the teaching after normalisation, numbers compared as numbers and numbers written in words
-   included ("eighty-five" leaks 85), never a raw substring test ("185" does not leak "85").
+   A teaching that gives the answer away (the reference's final answer found in it after normalisation,
+   numbers compared as numbers and numbers written in words included: "eighty-five" leaks 85; never a
+   raw substring test: "185" does not leak "85") earns the reward's minimum (-1 by the rule, 0 from the
+   judges) minus `leak_penalty` (default 1, >= 0), whatever the student then did: by construction below
+   every honest outcome, so no group can make leaking pay (a penalty subtracted from a reward that
+   reaches 2 left "leak and flip a wrong student" at 1 + efficiency - 1, above an honest failure's 0).
+   A completion without a `<teaching>` block earns the minimum itself: no more than the worst honest
+   teaching, and more than a leak. Neither is judged (no judge call is spent on them); the student is
+   still asked, so the accuracy metrics cover every completion.
 The teacher is trained on the same model object its rollouts come from (the original's teacher sampler
 never got the updated weights). The student is any chat backend with `chat_batch` (atlas.reward):
 `LocalChatClient` for an atlas model in-process, `HTTPChatClient` for an OpenAI-compatible endpoint;
@@ -86,6 +92,9 @@ def teaching_of(completion: str) -> str | None:
     """The text inside the teacher's last <teaching>...</teaching>, or None when there is none."""
     found = _TEACHING.findall(completion)
     return found[-1].strip() if found else None
+
+
+RULE_FLOOR, RIM_FLOOR = -1.0, 0.0  # the least an honest teaching can earn: the rule's, the judges'
 
 
 def asymmetric_reward(baseline_right: bool, taught_right: bool, baseline_len: int, taught_len: int) -> float:
@@ -207,16 +216,20 @@ class Teaching(GRPO):
                            for q, t in zip(question, teachings)], config.student_max_new_tokens)
         base_right = answer_match(question, baseline, answers=answers)
         taught_right = answer_match(question, taught, answers=answers)
-        if config.reward_mode == "rule":
-            rewards = [asymmetric_reward(b >= 1, t >= 1, len(bl), len(ta))
-                       for b, t, bl, ta in zip(base_right, taught_right, baseline, taught)]
-        else:
-            # a teacher that wrote no <teaching> block gave the student nothing: the judges are told so
-            shown = [t if t else "(the teacher wrote no <teaching> block)" for t in teachings]
-            rewards = self.judge(question, taught, teaching=shown, diagnostic=diagnostic, baseline=baseline,
-                                 reference=answers)
         leaks = [t is not None and leaks_answer(t, a) for t, a in zip(teachings, answers)]
-        rewards = [r - config.leak_penalty * leak for r, leak in zip(rewards, leaks)]
+        floor = RULE_FLOOR if config.reward_mode == "rule" else RIM_FLOOR
+        rewards = [floor - config.leak_penalty if leak else floor for leak in leaks]  # leaked or missing
+        honest = [i for i, (t, leak) in enumerate(zip(teachings, leaks)) if t is not None and not leak]
+        if config.reward_mode == "rule":
+            for i in honest:
+                rewards[i] = asymmetric_reward(base_right[i] >= 1, taught_right[i] >= 1, len(baseline[i]),
+                                               len(taught[i]))
+        elif honest:
+            pick = lambda xs: [xs[i] for i in honest]  # noqa: E731
+            judged = self.judge(pick(question), pick(taught), teaching=pick(teachings), diagnostic=pick(diagnostic),
+                                baseline=pick(baseline), reference=pick(answers))
+            for i, r in zip(honest, judged):
+                rewards[i] = r
         lengths = [len(self.tokenizer.encode(t, add_special_tokens=False)) if t else 0 for t in teachings]
         self.stats += torch.tensor([
             sum(b >= 1 for b in base_right), sum(t >= 1 for t in taught_right),

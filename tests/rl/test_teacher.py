@@ -112,16 +112,52 @@ def test_leaks_are_found_on_normalised_answers_not_substrings():
     assert numbers_in("one hundred and two, 3/4") == [0.75, 102.0]
 
 
-def test_a_leaking_teaching_is_penalised(tmp_path):
-    with ScriptedServer(student_script) as server:
-        trainer = _teaching(tmp_path, HTTPChatClient(server.base_url), leak_penalty=2.0)
-        q = QUESTIONS[0].prompt[0]["content"]
-        answer = str(_answer_of(q))
-        rewards = trainer.teaching_reward(
-            [q] * 2, [f"<teaching>7 + 8 = 15, so it is {answer}</teaching>", "<teaching>7 + 8 = 15</teaching>"],
-            question=[q] * 2, answers=[answer] * 2, baseline=["The answer is 0."] * 2, diagnostic=[DIAGNOSTIC] * 2)
-    # both teachings make the student right (1 + efficiency 0); the one that gives the answer pays 2
-    assert rewards == [pytest.approx(1.0 - 2.0), pytest.approx(1.0)]
+def _scripted_judges(body, n):
+    """Judges that score the student's post-teaching answer: 1 when right, 0 when it is the wrong "0"."""
+    judged = re.search(r"## (?:Student's solution after the teaching|Response|Final answer)\n(.*)",
+                       body["messages"][-1]["content"]).group(1)
+    return Reply(evaluation(0.0 if judged == "The answer is 0." else 1.0))
+
+
+CASES = [(b, t, leak) for b in (False, True) for t in (False, True) for leak in (False, True)]
+
+
+@pytest.mark.parametrize("mode", ["rule", "rim"])
+def test_no_leaking_teaching_scores_above_the_worst_honest_outcome(tmp_path, mode):
+    """Every (baseline right, taught right, leaked) case, plus a completion with no <teaching> block: the
+    leaks earn the minimum minus the penalty, the missing block the minimum, the honest ones their outcome."""
+    q = QUESTIONS[0].prompt[0]["content"]
+    answer = _answer_of(q)
+    completions, baselines = [], []
+    for baseline_right, taught_right, leaked in CASES:
+        hint = "7 + 8 = 15" if taught_right else "add carefully"  # the scripted student is right with the first
+        completions.append(f"<thinking>x</thinking><teaching>{hint}{f', so it is {answer}' if leaked else ''}"
+                           "</teaching>")
+        baselines.append(f"The answer is {answer if baseline_right else 0}.")
+    completions.append("<thinking>no teaching block</thinking>")
+    baselines.append("The answer is 0.")
+    n = len(completions)
+    with ScriptedServer(student_script) as student, ScriptedServer(_scripted_judges) as judges:
+        rim = RIM(RIMConfig(base_url=judges.base_url, small_model="s", large_model="l",
+                            active_judges=("helpfulness", "process")))
+        path = model_path("teaching-teacher")
+        config = TeacherConfig(output_dir=str(tmp_path / "run"), beta=0.0, reward_mode=mode)
+        trainer = Teaching(am.from_pretrained(path), am.Tokenizer.from_pretrained(path),
+                           HTTPChatClient(student.base_url), config, judge=rim)
+        rewards = trainer.teaching_reward([q] * n, completions, question=[q] * n, answers=[str(answer)] * n,
+                                          baseline=baselines, diagnostic=[DIAGNOSTIC] * n)
+        judged = [b["messages"][-1]["content"] for b in judges.requests]
+    honest = [r for r, (_, _, leaked) in zip(rewards, CASES) if not leaked]
+    leaks = [r for r, (_, _, leaked) in zip(rewards, CASES) if leaked]
+    floor = -1.0 if mode == "rule" else 0.0
+    if mode == "rule":  # fixes a wrong answer: 1 + efficiency (equal lengths: 0); keeps: 0; breaks: -1
+        assert honest == [0.0, 1.0, -1.0, 0.0]
+    else:  # the judges' scores of the student's answer after the teaching
+        assert honest == [pytest.approx(0.0, abs=1e-6), pytest.approx(1.0), pytest.approx(0.0, abs=1e-6),
+                          pytest.approx(1.0)]
+        assert judged and not any(f"so it is {answer}" in j for j in judged)  # leaks are not judged at all
+    assert leaks == [floor - 1.0] * 4 and max(leaks) < min(honest) and min(honest) >= floor
+    assert rewards[-1] == floor  # no <teaching> block: the minimum, no more than an honest failure
 
 
 def test_a_short_embedded_run_makes_the_teaching_help(tmp_path):
