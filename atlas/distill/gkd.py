@@ -149,11 +149,11 @@ class GKD(Trainer):
                 self.backward(loss)
                 loss_sum += loss.detach().double()
         out = self.optimizer_step()
-        stats = ad.all_reduce(torch.tensor([loss_sum.item(), float(sum(lengths)), float(len(lengths))],
+        stats = ad.all_reduce(torch.tensor([loss_sum.item(), float(sum(lengths)), float(len(lengths)),
+                                            float(sum(len(ids) for ids, _ in sequences))],
                                            dtype=torch.float64, device=ad.device())).tolist()
         return {"loss": stats[0], "on_policy": int(on_policy), "completion_len_mean": stats[1] / max(stats[2], 1),
-                "tokens": float(sum(len(ids) for ids, _ in sequences)), "rollout_s": t1 - t0,
-                "update_s": time.perf_counter() - t1, **out}
+                "tokens": stats[3], "rollout_s": t1 - t0, "update_s": time.perf_counter() - t1, **out}
 
     def _sequences(self, batch: list[Any], step: int, on_policy: bool) -> list[tuple[list[int], list[int]]]:
         """This rank's (ids, completion mask) sequences: sampled by the student (on-policy), by the teacher

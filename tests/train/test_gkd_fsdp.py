@@ -33,4 +33,5 @@ def test_two_processes_distil_as_one(tmp_path):
     assert [r["on_policy"] for r in one] == [r["on_policy"] for r in two] and {r["on_policy"] for r in one} == {0, 1}
     for a, b in zip(one, two):
         assert a["completion_len_mean"] == b["completion_len_mean"]
+        assert a["tokens"] == b["tokens"]  # the step's global count, not rank 0's share
         assert abs(a["loss"] - b["loss"]) <= 1e-5 and abs(a["grad_norm"] - b["grad_norm"]) <= 1e-4
