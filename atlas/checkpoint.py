@@ -47,6 +47,7 @@ from torch.distributed.checkpoint.state_dict import (
 import atlas.distributed as ad
 from atlas.config import save_config
 from atlas.model import Transformer, save_pretrained
+from atlas.model.tokenizer import stop_ids
 
 STEP_PREFIX = "step_"
 
@@ -122,9 +123,7 @@ def load_state(path: str | Path, model: Transformer, optimizer: torch.optim.Opti
 def export_hf(model: Transformer, out_dir: str | Path, tokenizer=None, dtype: torch.dtype | None = None,
               extra_files: dict[str, str] | None = None) -> Path:
     """The serving checkpoint: save_pretrained plus generation_config.json (every rank must call it)."""
-    eos = sorted(set(model.config.eos_token_id) | (
-        {tokenizer.eos_token_id} if tokenizer is not None and tokenizer.eos_token_id is not None else set()))
-    generation = {"eos_token_id": eos}
+    generation = {"eos_token_id": stop_ids(model.config.eos_token_id, tokenizer)}
     if model.config.bos_token_id is not None:
         generation["bos_token_id"] = model.config.bos_token_id
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else getattr(tokenizer, "pad_token_id",

@@ -65,6 +65,7 @@ import torch
 
 from atlas.kernels import token_logprobs
 from atlas.model import KVCache, Transformer
+from atlas.model.tokenizer import stop_ids
 
 
 @dataclass
@@ -110,8 +111,8 @@ class Completion:
 class Sampler:
     """Generate from `model` (an atlas Transformer, possibly FSDP2-sharded) in place.
 
-    eos_token_ids: extra end-of-sequence ids; the model config's eos ids are always included, and so is
-    `tokenizer.eos_token_id` when a tokenizer is given.
+    eos_token_ids: extra end-of-sequence ids; the model config's eos ids are always included, and with a
+    tokenizer its `stop_token_ids` (its eos and the chat template's end of turn: atlas.model.tokenizer).
     """
 
     def __init__(self, model: Transformer, tokenizer=None, eos_token_ids: list[int] | None = None,
@@ -122,10 +123,7 @@ class Sampler:
         if compile:
             mode = "reduce-overhead" if model.device.type == "cuda" else "default"
             self._step = torch.compile(self._forward_step, fullgraph=True, dynamic=False, mode=mode)
-        eos = set(model.config.eos_token_id) | set(eos_token_ids or [])
-        if tokenizer is not None and tokenizer.eos_token_id is not None:
-            eos.add(tokenizer.eos_token_id)
-        self.eos_token_ids = sorted(eos)
+        self.eos_token_ids = sorted({*stop_ids(model.config.eos_token_id, tokenizer), *(eos_token_ids or [])})
         self.check_every = check_every
         self._cache: KVCache | None = None  # compile=True: the last KV cache, reused while its shape fits
 

@@ -23,6 +23,14 @@ is rendered chunk by chunk, each `{% generation %}` block records the character 
 token is the assistant's when its characters overlap such a span. A template without generation blocks
 gives no mask here (atlas.train.data falls back to rendering turn by turn).
 
+End of turn: what closes an assistant turn is the template's business, not only the eos (a base
+checkpoint's eos is often `<|endoftext|>` while its chat template closes turns with `<|im_end|>`).
+`end_of_turn_ids` reads it from the template once, lazily: a one-turn conversation is rendered and the
+first token after the assistant's content is taken when it is a special token; a template that renders
+no such token, or cannot render that conversation, gives none (never an error: rendering works as
+before). `stop_token_ids` is the eos plus those: what the sampler stops on, what SFT trains as the
+turn's last token, and what the HF export's generation_config.json lists.
+
 Left out: slow (sentencepiece/tiktoken-only) tokenizers, `continue_final_message`, tool schemas from
 Python callables.
 """
@@ -30,6 +38,7 @@ Python callables.
 from __future__ import annotations
 
 import contextvars
+import functools
 import json
 import os
 import re
@@ -97,6 +106,29 @@ class Tokenizer:
             config["chat_template"] = _read_json(directory / "chat_template.json").get("chat_template")
         tok = _HFTokenizer.from_file(str(directory / "tokenizer.json"))
         return cls(tok, config, chat_template, source_dir=directory)
+
+    @functools.cached_property
+    def end_of_turn_ids(self) -> list[int]:
+        """The special token the chat template writes right after an assistant's content ([] when none can
+        be read); see the module docstring."""
+        sentinel = "Sentinel reply 7f3a."
+        try:
+            text = self.apply_chat_template([{"role": "user", "content": "Hi."}, {"role": "assistant",
+                                                                                 "content": sentinel}],
+                                            add_generation_prompt=False)
+        except Exception:  # noqa: BLE001 (any template error means: nothing to read, fall back to the eos)
+            return []
+        at = text.rfind(sentinel)
+        if at < 0:
+            return []
+        tail = self._tok.encode(text[at + len(sentinel):], add_special_tokens=False).ids
+        specials = {i for i, t in self._tok.get_added_tokens_decoder().items() if t.special}
+        return tail[:1] if tail and tail[0] in specials else []
+
+    @property
+    def stop_token_ids(self) -> list[int]:
+        """The eos and the template's end-of-turn token: where a generated assistant turn ends."""
+        return sorted({*self.end_of_turn_ids, *([self.eos_token_id] if self.eos_token_id is not None else [])})
 
     @property
     def vocab_size(self) -> int:
@@ -198,6 +230,12 @@ class Tokenizer:
         if self.chat_template is not None:
             config["chat_template"] = self.chat_template
         (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def stop_ids(eos_token_id: list[int], tokenizer: Tokenizer | None) -> list[int]:
+    """Where generation ends: a model config's eos ids and, with a tokenizer, its `stop_token_ids` (the
+    eos and the chat template's end of turn). The sampler's stop set and the HF export's eos list."""
+    return sorted({*eos_token_id, *(tokenizer.stop_token_ids if tokenizer is not None else [])})
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -6,8 +6,9 @@ Which tokens are the assistant's is decided by the checkpoint's own chat templat
   atlas.model.Tokenizer computes the same mask);
 - otherwise the conversation is rendered turn by turn: for each assistant turn k, the text of turns < k with
   the generation prompt is a prefix P_k of the full rendering, and the text through turn k is a prefix
-  U_k; the assistant's characters are U_k[len(P_k):], up to and including the last end-of-turn token (the
-  tokenizer's eos) in it, so the model learns to stop and the separator after the turn is not trained.
+  U_k; the assistant's characters are U_k[len(P_k):], up to and including the last end-of-turn token
+  (`tokenizer.stop_token_ids`: the eos or the template's end of turn) in it, so the model learns to stop
+  where the sampler stops, and the separator after the turn is not trained.
   A template that rewrites earlier turns (Qwen3 drops earlier turns' reasoning) breaks the prefix
   property: that is a ValueError, unless `last_turn_only` (then only the final assistant turn is trained,
   whose prefix is rendered exactly as in the full text).
@@ -106,6 +107,7 @@ def encode_conversation(tokenizer: Tokenizer, messages: list[dict[str, Any]],
             raise ValueError("the chat template's {% generation %} blocks marked no token of this conversation")
         return ids, mask
     full = tokenizer.apply_chat_template(messages, add_generation_prompt=False)
+    closers = [tokenizer.decode([i]) for i in tokenizer.stop_token_ids]
     spans = []
     for k in turns[-1:] if last_turn_only else turns:
         if k == 0:
@@ -118,18 +120,15 @@ def encode_conversation(tokenizer: Tokenizer, messages: list[dict[str, Any]],
                 "(it rewrites earlier turns, as Qwen3's drops earlier reasoning), so which tokens are the "
                 "assistant's cannot be told for every turn; pass last_turn_only=True to train on the final "
                 "assistant turn only, or use a template with {% generation %} blocks")
-        spans.append((len(prefix), _turn_end(upto, len(prefix), tokenizer.eos_token)))
+        spans.append((len(prefix), _turn_end(upto, len(prefix), closers)))
     return tokenizer.encode_with_spans(full, spans)
 
 
-def _turn_end(text: str, start: int, eos: str | None) -> int:
+def _turn_end(text: str, start: int, closers: list[str]) -> int:
     """End of an assistant turn rendered at text[start:]: after its last end-of-turn token, else the text
     without trailing whitespace."""
-    if eos:
-        at = text.rfind(eos, start)
-        if at >= 0:
-            return at + len(eos)
-    return len(text.rstrip())
+    ends = [at + len(c) for c in closers if c and (at := text.rfind(c, start)) >= 0]
+    return max(ends) if ends else len(text.rstrip())
 
 
 def _last_run(mask: list[int]) -> list[int]:
