@@ -108,7 +108,7 @@ def taught(hint) -> list[dict]:
     from atlas.rl.teacher import TAUGHT_PROMPT
 
     return [{"prompt": TAUGHT_PROMPT.format(question=task.question(e.meta["a"], e.meta["b"]),
-                                            teaching=hint(e.meta["a"], e.meta["b"])), "answer": e.reference}
+                                            teaching=hint(e.meta["a"], e.meta["b"])), "answers": e.reference}
             for e in task.examples("eval")]
 
 
@@ -118,7 +118,7 @@ def useful_teaching_rate(model, tokenizer, n: int | None = None) -> float:
 
     pairs = [(e.meta["a"], e.meta["b"]) for e in task.examples("eval")][:n]
     prompts = [{"prompt": TEACHER_PROMPT.format(question=task.question(a, b), diagnostic=teaching.DIAGNOSTIC),
-                "answer": teaching.useful_hint(a, b)} for a, b in pairs]
+                "answers": teaching.useful_hint(a, b)} for a, b in pairs]
 
     def exact(prompts_, completions, answers, **_):
         return [float(teaching_of(c) == a) for c, a in zip(completions, answers)]

@@ -31,7 +31,8 @@ Reward functions: a plain callable, or a list of them (with `reward_weights`); e
 `reward_<name>`. Columns: an `atlas.data.Example`'s reference arrives as `answers` (the rule rewards'
 keyword); a dict example's keys other than "prompt" arrive under their own names. Each column holds one
 entry per completion (the prompt's value repeated G times), and so do `prompts` (as the example gives
-them: a string or chat messages). A reward function that raises, returns the wrong number of values or a
+them: a string or chat messages); the held-out evaluation calls it the same way
+(`atlas.train.data.reward_inputs` builds both calls). A reward function that raises, returns the wrong number of values or a
 non-finite one stops the run with an error naming it: a skipped reward would silently bias the gradient.
 
 Under torchrun the trainer initialises the process group and shards the policy and the reference
@@ -61,7 +62,7 @@ from atlas.model import Transformer
 from atlas.rl.advantage import group_advantages
 from atlas.rl.loss import LossCounts, policy_loss
 from atlas.sampler import Sampler, SamplingParams
-from atlas.train.data import prompt_messages, reference_of
+from atlas.train.data import reward_inputs
 from atlas.train.evaluate import greedy_eval
 from atlas.train.rollout import Rollout, micro_batch_count, rollout_batches, sample_rollouts
 from atlas.train.trainer import TrainConfig, Trainer
@@ -237,8 +238,7 @@ class GRPO(Trainer):
         batch = self.prompts_for(batch, list(range(ad.rank(), len(batch), ad.world_size())))
         rollouts = sample_rollouts(self.model, self.tokenizer, batch, self.params, (config.seed, step), self.sampler)
         t1 = time.perf_counter()
-        prompts = [_prompt(batch[r.prompt_index]) for r in rollouts]
-        columns = _columns([batch[r.prompt_index] for r in rollouts])
+        prompts, columns = reward_inputs([batch[r.prompt_index] for r in rollouts])
         rewards, sums = self._score(prompts, [r.text for r in rollouts], columns)  # sums per function
         t2 = time.perf_counter()
 
@@ -337,24 +337,6 @@ class GRPO(Trainer):
         with torch.no_grad():
             for p_ref, p in zip(self.ref.parameters(), self.model.parameters()):
                 p_ref.mul_(1 - alpha).add_(p.detach(), alpha=alpha)
-
-
-def _prompt(example: Any) -> Any:
-    """The prompt as the example gives it (a string or chat messages), for the reward functions."""
-    if isinstance(example, dict) and "prompt" in example:
-        return example["prompt"]
-    return prompt_messages(example)
-
-
-def _columns(examples: list[Any]) -> dict[str, list[Any]]:
-    """Per-completion columns for the reward functions; see the module docstring."""
-    if not examples:
-        return {}
-    if isinstance(examples[0], dict):
-        keys = [k for k in examples[0] if k != "prompt"]
-        return {k: [e.get(k) for e in examples] for k in keys}
-    references = [reference_of(e) for e in examples]
-    return {"answers": references} if any(r is not None for r in references) else {}
 
 
 def _names(fns: list[RewardFn]) -> list[str]:

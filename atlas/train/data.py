@@ -92,6 +92,21 @@ def reference_of(example: Any) -> str | None:
     return None
 
 
+def reward_inputs(examples: Sequence[Any]) -> tuple[list[Any], dict[str, list[Any]]]:
+    """The reward functions' `(prompts, **columns)` for one entry per completion, at training and at
+    evaluation alike (a prompt-sensitive judge must score the same completion the same way in both): each
+    prompt as the example gives it (a dict's "prompt", a string or chat messages; an Example's messages);
+    an Example's reference as `answers` (the rule rewards' keyword); a dict's other keys under their own
+    names (TRL's convention: a dataset column reaches the reward function by its name)."""
+    prompts = [example["prompt"] if isinstance(example, dict) and "prompt" in example else prompt_messages(example)
+               for example in examples]
+    if examples and isinstance(examples[0], dict):
+        keys = [k for k in examples[0] if k != "prompt"]
+        return prompts, {k: [e.get(k) for e in examples] for k in keys}
+    references = [reference_of(e) for e in examples]
+    return prompts, {"answers": references} if any(r is not None for r in references) else {}
+
+
 def encode_conversation(tokenizer: Tokenizer, messages: list[dict[str, Any]],
                         last_turn_only: bool = False) -> tuple[list[int], list[int]]:
     """(token ids of the whole conversation, 0/1 mask of the assistant's tokens); see the module docstring."""

@@ -5,8 +5,10 @@
 
 Each example's prompt is rendered with the chat template (generation prompt added), the model answers
 greedily through the Sampler (temperature 0: the evaluation is deterministic), the completions are
-decoded without special tokens, and `reward_fn(prompts, completions, answers=references)` scores them
-(a rule reward or RIM: any reward function of the trainers' shape). A completion succeeds when its score
+decoded without special tokens, and the reward function scores them with the arguments training gives
+it (`atlas.train.data.reward_inputs`: the prompt as the example gives it, its columns), so a
+prompt-sensitive judge scores a completion alike in both (a rule reward or RIM: any reward function of
+the trainers' shape). A completion succeeds when its score
 is >= `threshold` (0.5: a rule reward's 1 or a judge's "mostly right"). `mean_tokens` counts generated
 tokens, the end-of-turn token included. Under torchrun every rank answers its share of the examples and
 the counts are summed, so the result does not depend on the world size; every rank makes the same number
@@ -27,7 +29,7 @@ import torch
 
 import atlas.distributed as ad
 from atlas.sampler import Sampler, SamplingParams
-from atlas.train.data import prompt_messages, reference_of
+from atlas.train.data import prompt_messages, reward_inputs
 
 
 def greedy_answers(model, tokenizer, examples: Sequence[Any], max_new_tokens: int,
@@ -57,10 +59,8 @@ def greedy_eval(model, tokenizer, examples: Sequence[Any], reward_fn: Callable[.
     answers = greedy_answers(model, tokenizer, examples, max_new_tokens, batch_size)
     scores = []
     if answers:
-        prompts = [tokenizer.apply_chat_template(prompt_messages(examples[i]), add_generation_prompt=True)
-                   for i, _, _ in answers]
-        scores = reward_fn(prompts, [t for _, t, _ in answers], answers=[reference_of(examples[i])
-                                                                        for i, _, _ in answers])
+        prompts, columns = reward_inputs([examples[i] for i, _, _ in answers])
+        scores = reward_fn(prompts, [t for _, t, _ in answers], **columns)
         if len(scores) != len(answers):
             raise ValueError(f"the reward function returned {len(scores)} scores for {len(answers)} completions")
     sums = torch.tensor([float(sum(s >= threshold for s in scores)), float(sum(scores)),

@@ -130,8 +130,16 @@ def test_reward_functions_get_prompts_and_columns_per_completion(tmp_path):
     assert columns == {"answer": [r["answer"] for r in rows for _ in range(4)],
                        "level": [r["level"] for r in rows for _ in range(4)]}
     calls.clear()
-    _grpo(tmp_path, reward=spy).step(EXAMPLES[:4])  # an atlas.data.Example's reference arrives as answers
+    trainer = _grpo(tmp_path, reward=spy)
+    trainer.step(EXAMPLES[:4])  # an atlas.data.Example's reference arrives as answers
     assert calls[0][2] == {"answers": [e.reference for e in EXAMPLES[:4] for _ in range(4)]}
+    # the held-out evaluation calls the reward the same way: a prompt-sensitive judge scores alike in both
+    for examples in (rows, EXAMPLES[:4]):
+        calls.clear()
+        trainer.step(examples)
+        trainer.evaluate(examples)
+        (train_prompts, _, train_columns), (eval_prompts, _, eval_columns) = calls
+        assert eval_prompts == train_prompts[::4] and eval_columns == {k: v[::4] for k, v in train_columns.items()}
 
 
 @pytest.mark.parametrize("bad, message", [
