@@ -1,7 +1,7 @@
 """Dataclass configs <-> YAML, with `key=value` / `key.sub=value` overrides, validated when constructed.
 
-    config = load_config(GRPOConfig, "configs/grpo.yaml", ["lr=1e-5", "sampling.temperature=0.8"])
-    save_config(config, "results/run/config.yaml")     # the resolved config, written next to checkpoints
+    config = load_config(GRPOConfig, "results/run/config.yaml", ["lr=1e-5", "temperature=0.8"])
+    save_config(config, "results/run2/config.yaml")    # the resolved config (every run writes its own)
 
 A config is a dataclass whose fields carry type annotations; nested dataclasses are sections (`a.b=`).
 `check_types(config)` (called from every config's `__post_init__`) checks each field against its
@@ -11,7 +11,8 @@ int), float (an int is accepted and converted), str, `X | None`, `Literal[...]`,
 `true`, `[1, 2]`, `null`), with YAML 1.2's floats (PyYAML alone reads `1e-5` as a string); a string YAML
 would read as something else is quoted ('"1e-5"').
 Unknown keys (in the file or an override) are a ValueError that names the key and suggests the nearest
-field. Range checks (a learning rate > 0, ...) live in each config's `__post_init__`.
+field, by spelling or by the name transformers/TRL give it (`learning_rate` is `lr`: `ALIASES`).
+Range checks (a learning rate > 0, ...) live in each config's `__post_init__`.
 
 Left out: environment-variable interpolation, includes/inheritance between YAML files, CLI flags other
 than `key=value` (argparse front-ends parse their own flags and pass the rest here).
@@ -164,8 +165,25 @@ def _section_type(tp: Any) -> type | None:
     return None
 
 
+# What transformers' TrainingArguments and TRL's configs call atlas's fields: a user coming from them types
+# these (or misspells them), and the suggestion should be the atlas field.
+ALIASES = {
+    "learning_rate": "lr", "lr_scheduler_type": "lr_schedule", "per_device_train_batch_size": "micro_batch_size",
+    "save_steps": "save_every", "eval_steps": "eval_every", "save_total_limit": "keep_checkpoints",
+    "resume_from_checkpoint": "resume", "gradient_checkpointing": "activation_checkpointing",
+    "max_completion_length": "max_new_tokens", "num_iterations": "mu", "epsilon": "eps_low",
+    "epsilon_high": "eps_high", "loss_type": "loss_norm", "scale_rewards": "adv_scale",
+    "sync_ref_model": "ref_sync_every", "ref_model_sync_steps": "ref_sync_every",
+    "ref_model_mixup_alpha": "ref_sync_alpha", "max_length": "max_seq_len", "packing": "pack",
+    "assistant_only_loss": "last_turn_only",
+}
+
+
 def _unknown(key: str, names: list[str], prefix: str) -> str:
-    near = difflib.get_close_matches(key.removeprefix(prefix), names, n=1)
+    bare = key.removeprefix(prefix)
+    aliases = {a: f for a, f in ALIASES.items() if f in names}
+    near = difflib.get_close_matches(bare, names + list(aliases), n=1)
+    near = [aliases.get(near[0], near[0])] if near else []
     hint = f"; did you mean {prefix + near[0]!r}?" if near else f"; known keys: {', '.join(sorted(names))}"
     return f"unknown config key {key!r}{hint}"
 

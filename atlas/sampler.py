@@ -33,7 +33,8 @@ Two log-probabilities per sampled token:
 - `logprobs`: log softmax(z / T)[token] over the *full* vocabulary (T = 1 for greedy): what the trainer
   recomputes, the denominator of PPO/GRPO importance ratios;
 - `sampled_logprobs`: under the truncated distribution actually sampled from (equal to `logprobs`
-  without top-k/top-p/min-p), so importance ratios under truncation can be made exact.
+  without top-k/top-p/min-p), so importance weights under truncation need no extra forward (GRPO's
+  `tis_cap`).
 
 FSDP2: the whole generation runs inside `model.gathered()`: each sharded FSDP module is all-gathered
 once (public `FSDPModule.unshard`, so mixed precision applies) and resharded at the end, and the forward

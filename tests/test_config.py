@@ -49,7 +49,8 @@ def test_nested_sections_and_dotted_overrides(tmp_path):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["lerning_rate=1"], "unknown config key 'lerning_rate'"),
+    (["lerning_rate=1"], "unknown config key 'lerning_rate'; did you mean 'lr'"),  # by transformers' name
+    (["per_device_train_batch_size=4"], "did you mean 'micro_batch_size'"),
     (["lrr=1e-3"], "did you mean 'lr'"),
     (["max_steps=ten"], "'max_steps' must be int"),
     (["max_steps=1.5"], "'max_steps' must be int"),
@@ -78,3 +79,16 @@ def test_a_yaml_typo_and_direct_construction_raise_too(tmp_path):
 def test_override_values_parse_as_yaml_scalars():
     assert parse_overrides(["a=1e-5", "b=true", "c.d=[1, 2]", "e=null", "f='1e-5'", "g="]) == {
         "a": 1e-5, "b": True, "c": {"d": [1, 2]}, "e": None, "f": "1e-5", "g": ""}
+
+
+def test_the_module_docstring_example_runs(tmp_path):
+    """A run's resolved config.yaml loads back as its config class, with overrides; a recipe's train section
+    mistyped the transformers way is named with the atlas field."""
+    from atlas.recipes import load_recipe
+    from atlas.rl import GRPOConfig
+
+    save_config(GRPOConfig(output_dir=str(tmp_path / "run")), tmp_path / "config.yaml")
+    config = load_config(GRPOConfig, tmp_path / "config.yaml", ["lr=1e-5", "temperature=0.8"])
+    assert (config.lr, config.temperature, config.output_dir) == (1e-5, 0.8, str(tmp_path / "run"))
+    with pytest.raises(ValueError, match="'train.lerning_rate'; did you mean 'train.lr'"):
+        load_recipe(None, ["train.lerning_rate=1e-5"], default="grpo")

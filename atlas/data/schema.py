@@ -1,7 +1,7 @@
 """Runtime sessions as typed records: `Session`, `Step`, `TrajectoryEvent`, parsed from one export record.
 
-The runtime SDK's JSONL export writes one session per line (see docs/runtime-traces.md); the Postgres
-reader assembles the very same shape from the SDK's tables, so this one parser serves both sources and
+The runtime SDK's JSONL export writes one session per line (its fields: `Session` and `Step` below); the
+Postgres reader assembles the very same shape from the SDK's tables, so this one parser serves both sources and
 they cannot drift apart. Every field a parser touches is type-checked: a record that does not match the
 interface raises `ValueError` saying which field is wrong, never `KeyError`/`TypeError` from deep inside.
 

@@ -4,8 +4,9 @@ Five judges, each a `Judge` (an identifier, what it looks at, and which inputs i
 
 - accuracy:    is the response's final answer correct (against `reference` when given)?
 - helpfulness: did the teacher's `teaching` help the student? The judged response is the student's
-               solution *after* the teaching (the original judged the teacher's text instead; see
-               docs/algorithms.md); `baseline`, the student's attempt alone, shows what changed.
+               solution *after* the teaching (judging the teacher's own text would reward teaching that
+               reads well, not teaching that works); `baseline`, the student's attempt alone, shows what
+               changed.
 - process:     the quality of the execution given the `plan`, the teacher's `guidance` and the `trace`.
 - diagnostic:  the quality of the student's initial approach (`baseline`, plus its own account of the
                approach in `diagnostic` when given). It does not read the response.

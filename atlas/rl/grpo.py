@@ -22,18 +22,26 @@ One rollout batch (`prompts_per_step` prompts x `num_generations` completions) p
 4. the clipped, KL-penalised loss, normalised by global counts (loss_norm), micro-batch by micro-batch,
    then one optimizer step (clipping, the non-finite guard: atlas.train).
 
-Truncated sampling (top-p/top-k/min-p) draws from a distribution q that is not the policy: `tis_cap = C`
-weights each token by min(pi_old / q, C) with q the sampler's exact truncated-distribution probability
-(`Completion.sampled_logprobs`), no extra forward. No peer can compute q exactly: vLLM-based trainers see
-only its own log-probabilities of the full distribution, from another engine.
+Truncated sampling (top-p/top-k/min-p) draws each token from q, the truncated distribution renormalised,
+not from the policy's full distribution p at the sampling temperature. `tis_cap = C` multiplies each
+token's clipped policy term (not its KL term, as TRL) by w_t = min(exp(old_t - log q_t), C), log q_t the
+sampler's own `Completion.sampled_logprobs` (no extra forward). A sampled token is one the truncation
+kept, where q = p / Z with Z the probability mass kept, and old is the sampling policy's log p (the same
+weights, model and kernel), so w_t = min(Z_t, C) = Z_t <= 1: a per-token weight equal to the kept mass,
+which the cap bounds only when C < 1. TRL computes the same ratio from vLLM's processed log-probabilities
+(`logprobs_mode="processed_logprobs"`: after temperature and top-k/top-p), but those come from another
+engine, so its ratio mixes the kept mass with the two engines' numerical mismatch (which its
+`vllm_importance_sampling_clip_*` bounds tame); here both log-probabilities come from one model and one
+kernel.
 
 Reward functions: a plain callable, or a list of them (with `reward_weights`); each is logged as
 `reward_<name>`. Columns: an `atlas.data.Example`'s reference arrives as `answers` (the rule rewards'
 keyword); a dict example's keys other than "prompt" arrive under their own names. Each column holds one
 entry per completion (the prompt's value repeated G times), and so do `prompts` (as the example gives
 them: a string or chat messages); the held-out evaluation calls it the same way
-(`atlas.train.data.reward_inputs` builds both calls). A reward function that raises, returns the wrong number of values or a
-non-finite one stops the run with an error naming it: a skipped reward would silently bias the gradient.
+(`atlas.train.data.reward_inputs` builds both calls). A reward function that raises, returns the wrong
+number of values or a non-finite one stops the run with an error naming it: a skipped reward would
+silently bias the gradient.
 
 Under torchrun the trainer initialises the process group and shards the policy and the reference
 itself; 1 process and N processes sample the same rollouts and compute the same loss up to floating-
@@ -90,7 +98,7 @@ class GRPOConfig(TrainConfig):
     loss_norm: Literal["token_mean", "seq_mean", "dr_grpo"] = "token_mean"
     adv_scale: Literal["group", "batch", "none"] = "group"
     mask_truncated: bool = False
-    tis_cap: float | None = None  # truncated importance weights min(pi_old / q, C); None: off
+    tis_cap: float | None = None  # per-token weights min(pi_old / q, C) on the policy term; None: off
     ref_sync_every: int = 0  # 0: the reference stays the initial policy
     ref_sync_alpha: float = 0.9
     reward_weights: list[float] | None = None

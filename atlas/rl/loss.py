@@ -5,13 +5,14 @@ Per completion token t of sequence i (A_i its advantage, logp under the policy b
 the policy that sampled, ref under the reference model):
 
     rho_t  = exp(logp_t - old_t)
-    l_t    = -min(rho_t A_i, clip(rho_t, 1 - eps_low, 1 + eps_high) A_i)  +  beta * k3_t
+    l_t    = -w_t min(rho_t A_i, clip(rho_t, 1 - eps_low, 1 + eps_high) A_i)  +  beta * k3_t
     k3_t   = exp(ref_t - logp_t) - (ref_t - logp_t) - 1                  (>= 0, unbiased for KL(pi || ref))
 
-Optionally each l_t is multiplied by a truncated importance weight w_t = min(exp(old_t - q_t), C) (detached),
-where q is the behaviour distribution actually sampled (the sampler's truncated top-k/top-p/min-p
-distribution): the exact correction for sampling from a truncated policy. Masked tokens (padding,
-prompts, optionally truncated completions) have l_t = 0.
+w_t = 1 unless `weights_BT` gives a detached per-token weight (GRPO's `tis_cap`: min(pi_old / q, C) with q
+the truncated distribution actually sampled; rl/grpo.py says what that is). It weights the clipped
+policy term only, as TRL's correction does: it corrects the policy-gradient estimate for where the
+tokens were drawn, and the KL term stays a plain regulariser. Masked tokens
+(padding, prompts, optionally truncated completions) have l_t = 0.
 
 Normalisation (`norm`), with every count global (all micro-batches and ranks of the optimizer step):
 - "token_mean" (DAPO, the default): sum_{i,t} l_t / (number of valid tokens);
@@ -57,6 +58,8 @@ def policy_loss(logp_BT: torch.Tensor, old_BT: torch.Tensor, adv_B: torch.Tensor
     adv = adv_B[:, None].to(logp_BT.dtype)
     clipped_ratio = ratio.clamp(1 - eps_low, 1 + eps_high)
     per_token = -torch.minimum(ratio * adv, clipped_ratio * adv)
+    if weights_BT is not None:
+        per_token = per_token * weights_BT.detach()
     stats = {"tokens": mask.sum().detach()}
     clipped = ((ratio < 1 - eps_low) & (adv < 0)) | ((ratio > 1 + eps_high) & (adv > 0))
     stats["clipped"] = (clipped.to(mask.dtype) * mask).sum().detach()
@@ -66,8 +69,6 @@ def policy_loss(logp_BT: torch.Tensor, old_BT: torch.Tensor, adv_B: torch.Tensor
         k3 = kl(logp_BT, ref_BT, "k3")
         per_token = per_token + beta * k3
         stats["kl"] = (k3.detach() * mask).sum()
-    if weights_BT is not None:
-        per_token = per_token * weights_BT.detach()
     per_token = per_token * mask
     if norm == "token_mean":
         loss = per_token.sum() / counts.tokens

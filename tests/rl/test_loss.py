@@ -64,12 +64,14 @@ def test_policy_loss_by_hand(norm, beta, use_weights):
                 continue
             lp, o, r, a = logp[i, t].item(), old[i, t].item(), ref[i, t].item(), adv[i].item()
             rho = math.exp(lp - o)
+            # the truncated-sampling weight corrects the policy-gradient term only, as TRL's; the KL is not weighted
             term = -min(rho * a, min(max(rho, 1 - eps_low), 1 + eps_high) * a)
+            term *= weights[i, t].item() if use_weights else 1.0
             k3 = math.exp(r - lp) - (r - lp) - 1
             term += beta * k3
             kl_sum += k3
             clipped += (rho < 1 - eps_low and a < 0) or (rho > 1 + eps_high and a > 0)
-            seq += term * (weights[i, t].item() if use_weights else 1.0)
+            seq += term
         total += seq / int(mask[i].sum()) if norm == "seq_mean" else seq
     expected = {"token_mean": total / 20, "seq_mean": total / 6, "dr_grpo": total / (6 * 7)}[norm]
     assert loss.item() == pytest.approx(expected, abs=1e-10)
