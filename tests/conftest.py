@@ -5,12 +5,8 @@ postgres-marked tests skip with the reason, unless ATLAS_REQUIRE_POSTGRES=1 (as 
 
 import os
 
-import psycopg
 import pytest
 import torch
-
-from tests.data.pgserver import PostgresServer, copy_records, create_sdk_schema, unavailable_reason
-from tests.data.records import FIXTURES
 
 # Triton reads this when a kernel is decorated, so it must be set before atlas.kernels is imported.
 if not torch.cuda.is_available():
@@ -30,6 +26,9 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def pg_server():
+    # imported here: a machine without psycopg (the GPU machine) still runs the other tests
+    from tests.data.pgserver import PostgresServer, unavailable_reason
+
     reason = unavailable_reason()
     if reason:
         if os.environ.get("ATLAS_REQUIRE_POSTGRES") == "1":
@@ -43,6 +42,11 @@ def pg_server():
 @pytest.fixture(scope="session")
 def pg_url(pg_server) -> str:
     """A database holding FIXTURES, owned by the superuser; tests must not modify it."""
+    import psycopg
+
+    from tests.data.pgserver import copy_records, create_sdk_schema
+    from tests.data.records import FIXTURES
+
     url = pg_server.create_database("traces")
     create_sdk_schema(url, reader="reader")
     with psycopg.connect(url) as conn:

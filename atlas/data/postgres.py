@@ -33,12 +33,11 @@ from collections import Counter, defaultdict
 from collections.abc import Iterator
 from contextlib import closing
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-import psycopg
-from psycopg.conninfo import conninfo_to_dict
-from psycopg.types.json import set_json_loads
+if TYPE_CHECKING:
+    import psycopg
 
 from atlas.data.filters import Filters
 
@@ -148,6 +147,11 @@ def _count_excluded(
 
 
 def _connect(url: str) -> psycopg.Connection:
+    # imported here, when a database is opened: reading JSONL and training need no Postgres driver
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+    from psycopg.types.json import set_json_loads
+
     try:
         info = conninfo_to_dict(url)
     except psycopg.ProgrammingError as exc:

@@ -70,6 +70,7 @@ class GKDConfig(TrainConfig):
     seq_kd: bool = False  # off-policy steps use the teacher's samples instead of the data's completions
     normalize_jsd: bool = False
     max_new_tokens: int = 512
+    ignore_eos: bool = False  # sample exactly max_new_tokens (benchmarks): no end-of-turn or eos stops a turn
     eval_max_new_tokens: int | None = None  # default: max_new_tokens
     eval_batch_size: int = 64
 
@@ -160,7 +161,8 @@ class GKD(Trainer):
         (seq_kd), or the examples' own completions."""
         config = self.config
         if on_policy or config.seq_kd:
-            params = SamplingParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature)
+            params = SamplingParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                                    ignore_eos=config.ignore_eos)
             model = self.model if on_policy else self.teacher
             rollouts = sample_rollouts(model, self.tokenizer, batch, params, (config.seed, step))
             return [(r.sequence, [0] * len(r.prompt_ids) + [1] * len(r.completion_ids)) for r in rollouts]

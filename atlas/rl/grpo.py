@@ -91,6 +91,7 @@ class GRPOConfig(TrainConfig):
     top_p: float = 1.0
     top_k: int = 0
     min_p: float = 0.0
+    ignore_eos: bool = False  # sample exactly max_new_tokens (benchmarks): no end-of-turn or eos stops a turn
     beta: float = 0.04
     eps_low: float = 0.2
     eps_high: float = 0.2  # DAPO's clip-higher: 0.28
@@ -167,7 +168,7 @@ class GRPO(Trainer):
         self.sampler = Sampler(self.model, tokenizer)
         self.params = SamplingParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
                                      top_p=config.top_p, top_k=config.top_k, min_p=config.min_p,
-                                     n=config.num_generations)
+                                     n=config.num_generations, ignore_eos=config.ignore_eos)
         self.buffer: _Batch | None = None
 
     # the loop's hooks
