@@ -5,6 +5,10 @@
     mesh = ad.device_mesh()                        # 1-D ("dp_shard",), or ("dp_replicate", "dp_shard")
     ad.parallelize(model, mesh, param_dtype=torch.bfloat16, activation_checkpointing=True)
     model = ad.load_pretrained(path, mesh, param_dtype=torch.bfloat16)   # HF checkpoint, sharded as read
+    with ad.gathered(model): ...                   # generation: parameters unsharded once, blocks hook-free
+
+The one file that knows FSDP2: the rest of atlas asks it (`is_sharded`, `gathered`, `root_unsharded`,
+`copy_model`, `local_tensor`, `full_tensor`) and never reads FSDP or DTensor internals itself.
 
 Processes: `init()` makes a process group exactly when torchrun's variables (RANK, WORLD_SIZE) are set:
 nccl for CUDA tensors with gloo beside it for CPU ones when CUDA is available, gloo alone otherwise;
@@ -29,8 +33,7 @@ all-gathered weights), so its rows are N processes' rows up to reduction order; 
 second mechanism with other numerics (it keeps element-wise ops in fp32). The group is left at exit.
 
 Randomness: everything that decides results (data order, sampling seeds, initialisation) is derived from
-the global seed alone, identically on every rank, so the world size never changes them; what must
-differ per rank takes `rank_seed(seed)`.
+the global seed alone, identically on every rank, so the world size never changes them.
 
 Left out: tensor, pipeline and context parallelism; CPU offload; float8.
 """
@@ -38,16 +41,20 @@ Left out: tensor, pipeline and context parallelism; CPU offload; float8.
 from __future__ import annotations
 
 import atexit
+import contextlib
+import copy
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
-from torch.distributed.tensor import distribute_tensor
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from atlas.model import Transformer
 from atlas.model.weights import open_checkpoint
@@ -92,11 +99,6 @@ def is_main() -> bool:
 
 def device() -> torch.device:
     return torch.device("cuda", local_rank()) if torch.cuda.is_available() else torch.device("cpu")
-
-
-def rank_seed(seed: int) -> int:
-    """A seed for randomness that must differ per rank, derived from the global seed and the rank."""
-    return (seed * 1_000_003 + rank()) % 2**63
 
 
 def _init_one_rank() -> None:
@@ -201,11 +203,103 @@ def load_pretrained(
     return model.eval()
 
 
+def is_sharded(model: nn.Module) -> bool:
+    """Whether `model` was sharded with FSDP2 (`parallelize`)."""
+    return isinstance(model, FSDPModule)
+
+
+def local_tensor(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a sharded tensor (DTensor); a plain tensor as is."""
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """The whole of a sharded tensor (a collective: every rank calls it); a plain tensor as is."""
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+@contextlib.contextmanager
+def gathered(model: Transformer) -> Iterator[None]:
+    """Hold every parameter of `model` unsharded for the duration, and run its blocks without module hooks.
+
+    For generation on an FSDP2 model: FSDP's per-block hooks would reshard (free) each block after every
+    decode step and all-gather it again at the next. Inside, each FSDP module found sharded is unsharded
+    once (`FSDPModule.unshard`, which follows the MixedPrecisionPolicy: the bf16 weights the trainer
+    computes with) and resharded on exit; one found unsharded is left so. No FSDP setting is read or
+    changed, so a model that never ran forward meets its first forward exactly as FSDP would have had it.
+    Call `model.forward(...)` inside, not `model(...)`, whose root hooks would run. Costs one full copy of
+    the parameters per rank for the duration. For an unsharded model, only the flag is set.
+    """
+    modules = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    sharded = [m for m in modules if _holds_sharded(m)]
+    for m in sharded:
+        m.unshard()
+    model.bypass_block_hooks = True
+    try:
+        yield
+    finally:
+        model.bypass_block_hooks = False
+        for m in sharded:
+            m.reshard()
+
+
+@contextlib.contextmanager
+def root_unsharded(model: Transformer) -> Iterator[None]:
+    """The root's own parameters (embeddings, final norm, LM head) of an FSDP2 model held unsharded for the
+    duration (GKD reads its frozen teacher's head in the loss and again in its backward); a no-op for an
+    unsharded model."""
+    if not is_sharded(model):
+        yield
+        return
+    model.unshard()
+    try:
+        yield
+    finally:
+        model.reshard()
+
+
+def copy_model(model: Transformer) -> Transformer:
+    """A copy of `model` with its own parameters, sharded as `model` is (GRPO's reference). For an FSDP2
+    model the copy is built on the meta device, sharded over the same mesh (without mixed precision: a
+    frozen copy is held in the dtype it computes in) and filled shard by shard, without communication; the
+    whole model never exists on one rank."""
+    if not is_sharded(model):
+        return copy.deepcopy(model)
+    mesh = model.embed_tokens.weight.device_mesh
+    with torch.device("meta"):
+        copied = Transformer(model.config)
+    parallelize(copied, mesh)
+    copied.to_empty(device=local_tensor(model.embed_tokens.weight).device)
+    with torch.no_grad():
+        for mine, theirs in zip(copied.parameters(), model.parameters(), strict=True):
+            mine.to_local().copy_(theirs.to_local())
+    copied.init_buffers(local_tensor(model.embed_tokens.weight).device)
+    return copied
+
+
+def _holds_sharded(module: FSDPModule) -> bool:
+    """Whether the parameters this FSDP module manages (its own and those of non-FSDP submodules) are
+    registered as sharded DTensors, as FSDP2 leaves them between forwards."""
+    stack, own = [module], []
+    while stack:
+        m = stack.pop()
+        own.extend(m.parameters(recurse=False))
+        stack.extend(c for c in m.children() if not isinstance(c, FSDPModule))
+    return any(isinstance(p, DTensor) for p in own)
+
+
 def all_reduce(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
     """In place over every rank ("sum", "max", "min"); the identity in one process."""
     if dist.is_initialized():
         dist.all_reduce(t, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}[op])
     return t
+
+
+def all_reduce_sums(values: dict[str, float | torch.Tensor]) -> dict[str, float]:
+    """Named sums over every rank, in float64, in one collective: {"loss": ..., "tokens": ...} -> the
+    same keys with the global sums (the identity in one process)."""
+    t = torch.stack([torch.as_tensor(v, dtype=torch.float64).to(device()).reshape(()) for v in values.values()])
+    return dict(zip(values, all_reduce(t).tolist()))
 
 
 def all_gather_object(obj: Any) -> list[Any]:
@@ -215,15 +309,6 @@ def all_gather_object(obj: Any) -> list[Any]:
     out: list[Any] = [None] * world_size()
     dist.all_gather_object(out, obj)
     return out
-
-
-def broadcast_object(obj: Any) -> Any:
-    """Rank 0's `obj` on every rank."""
-    if not dist.is_initialized():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def barrier() -> None:
@@ -243,7 +328,7 @@ def setup_logging(level: int = logging.INFO) -> None:
     root.propagate = False
 
 
-__all__ = ["all_gather_object", "all_reduce", "barrier", "broadcast_object", "device", "device_mesh", "init", "is_main",
-           "load_pretrained", "local_rank", "parallelize", "rank", "rank_seed", "setup_logging", "shutdown",
-           "world_size"]
+__all__ = ["all_gather_object", "all_reduce", "all_reduce_sums", "barrier", "copy_model", "device", "device_mesh",
+           "full_tensor", "gathered", "init", "is_main", "is_sharded", "load_pretrained", "local_rank", "local_tensor",
+           "parallelize", "rank", "root_unsharded", "setup_logging", "shutdown", "world_size"]
 

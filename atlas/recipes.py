@@ -224,10 +224,7 @@ def _trainer(recipe: Recipe):
     if recipe.recipe == "teacher":
         return _teaching(recipe, model, tokenizer), train, evals, report
     reward = rim_reward() if recipe.reward == "rim" else rule
-    ref = None
-    if recipe.train.beta > 0 and ad.world_size() > 1:
-        ref, _, _ = load_model(recipe, recipe.model, recipe.train.param_dtype, frozen=True)
-    return GRPO(model, tokenizer, reward, recipe.train, ref_model=ref), train, evals, report
+    return GRPO(model, tokenizer, reward, recipe.train), train, evals, report
 
 
 def _teaching(recipe: Recipe, teacher, tokenizer):
@@ -250,10 +247,7 @@ def _teaching(recipe: Recipe, teacher, tokenizer):
     judge = None
     if config.reward_mode == "rim":
         judge = RIM(RIMConfig.load(active_judges=("helpfulness", "process")))
-    ref = None
-    if config.beta > 0 and ad.world_size() > 1:
-        ref, _, _ = load_model(recipe, recipe.model, config.param_dtype, frozen=True)
-    return Teaching(teacher, tokenizer, client, config, ref_model=ref, judge=judge)
+    return Teaching(teacher, tokenizer, client, config, judge=judge)
 
 
 def describe(recipe: Recipe) -> dict[str, Any]:

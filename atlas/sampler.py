@@ -64,6 +64,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+import atlas.distributed as ad
 from atlas.kernels import token_logprobs
 from atlas.model import KVCache, Transformer
 from atlas.model.tokenizer import stop_ids
@@ -159,7 +160,7 @@ class Sampler:
         max_len = Tp + params.max_new_tokens
         if self.compile:
             max_len = min(-(-max_len // 64) * 64, config.max_position_embeddings)
-        with self.model.gathered():
+        with ad.gathered(self.model):
             cache = self._kv_cache(B, max_len)  # after gathering: the dtype FSDP computes in
             prefill = cache.every_nth_row(n)
             hidden = self.model.forward(ids_PT, attention_mask_BT=mask_PT, cache=prefill, return_hidden=True)

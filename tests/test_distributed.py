@@ -116,7 +116,7 @@ def _worker(rank, ckpt, out):
     before = _fsdp_settings(mp_model)
     mp_outs = Sampler(mp_model).generate(PROMPTS, PARAMS, prompt_seeds=SEEDS)
     report["mp_settings_kept"] = _fsdp_settings(mp_model) == before
-    with mp_model.gathered():  # as inside generate: the cache takes the dtype FSDP computes in
+    with ad.gathered(mp_model):  # as inside generate: the cache takes the dtype FSDP computes in
         report["mp_kv_dtype"] = str(Sampler(mp_model)._kv_cache(1, 8).k[0].dtype)
     mp_losses, mp_grads = _train(mp_model, outs, rank, world)
     report["mp_master_dtype"] = str(next(mp_model.parameters()).dtype)

@@ -38,7 +38,6 @@ mixing of on- and off-policy data within a step.
 
 from __future__ import annotations
 
-import contextlib
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -135,7 +134,7 @@ class GKD(Trainer):
         mbs = micro_batches(sequences, config.micro_batch_size, False, self.pad_id, ad.device())
         mbs = pad_micro_batches(mbs, micro_batch_count(per_rank, config.micro_batch_size), self.pad_id, ad.device())
         loss_sum = torch.zeros((), dtype=torch.float64, device=ad.device())
-        with _head_unsharded(self.teacher):
+        with ad.root_unsharded(self.teacher):
             for mb in mbs:
                 kwargs = mb.forward_kwargs()
                 with torch.no_grad():
@@ -193,17 +192,3 @@ class GKD(Trainer):
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.baseline = state.get("baseline")
-
-
-@contextlib.contextmanager
-def _head_unsharded(teacher: Transformer):
-    """The teacher's root parameters (embeddings, final norm, LM head) unsharded for a step's forwards and
-    backwards (the JSD's backward recomputes the teacher's logits from its head); a no-op without FSDP."""
-    if not hasattr(teacher, "unshard"):
-        yield
-        return
-    teacher.unshard()
-    try:
-        yield
-    finally:
-        teacher.reshard()

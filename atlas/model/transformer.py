@@ -26,23 +26,20 @@ Module and parameter names mirror transformers' minus its `model.` prefix, so HF
 
 `token_logprobs(hidden, targets, T)` is that LM-head path, the one every trainer uses: log softmax(z / T)
 [target] with z = hidden @ W_lm^T computed in chunks of tokens (`atlas.kernels.linear_token_logprobs`).
-Under FSDP2 it is registered as a forward method (atlas.distributed.parallelize does it), so the head's
-unshard, mixed-precision cast and gradient reduce-scatter happen as in forward.
+Sharding is atlas.distributed's business alone: it registers `token_logprobs` and `generalized_jsd` as
+FSDP forward methods (so the head is unsharded, cast and reduce-scattered as in forward) and sets
+`bypass_block_hooks` while it holds the parameters unsharded for a generation (`ad.gathered`).
 
 Training hooks: `activation_checkpointing = True` recomputes each block in backward
 (`torch.utils.checkpoint` inside the block, so parameter names do not change); `init_weights()`
 initialises parameters as transformers does and re-ties embeddings (after `to_empty` from the meta
 device); the rope frequencies `inv_freq` stay fp32 whatever `.to(dtype)` is applied (in bf16 the angle
-at position 8000 would be off by up to 1.4 rad). `gathered()` holds an FSDP2 model unsharded for a
-whole generation (see there).
+at position 8000 would be off by up to 1.4 rad).
 
 Left out: dropout (atlas fine-tunes without it), sliding windows, attention sinks, MoE.
 """
 
 from __future__ import annotations
-
-import contextlib
-from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -184,7 +181,7 @@ class Transformer(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.activation_checkpointing = False  # recompute each block in backward (training only)
-        self._gathered = False  # inside gathered(): blocks run without module hooks
+        self.bypass_block_hooks = False  # call each block's forward directly, skipping module hooks
         self.init_buffers()
         self.init_weights()
 
@@ -257,7 +254,7 @@ class Transformer(nn.Module):
         cos, sin = (emb.cos() * self.rope_scale).to(h.dtype), (emb.sin() * self.rope_scale).to(h.dtype)
         ctx.checkpoint = self.activation_checkpointing and torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):
-            h = layer.forward(h, cos, sin, ctx, i) if self._gathered else layer(h, cos, sin, ctx, i)
+            h = layer.forward(h, cos, sin, ctx, i) if self.bypass_block_hooks else layer(h, cos, sin, ctx, i)
         if cache is not None and cache.slot_t is not None:
             cache.slot_t += 1
         elif cache is not None:
@@ -280,14 +277,7 @@ class Transformer(nn.Module):
         hidden [..., H] (from `forward(..., return_hidden=True)`), targets [...]; targets equal to
         ignore_index give 0 and no gradient. Differentiable in hidden and the head's weight.
         """
-        weight = self.lm_head.weight
-        if _is_dtensor(weight):
-            raise ValueError(
-                "token_logprobs was called on an FSDP2 model whose LM head is sharded: register it as a forward "
-                "method (atlas.distributed.parallelize does; by hand: torch.distributed.fsdp."
-                "register_fsdp_forward_method(model, 'token_logprobs'))"
-            )
-        return linear_token_logprobs(hidden, weight, targets, temperature, ignore_index=ignore_index,
+        return linear_token_logprobs(hidden, self.lm_head.weight, targets, temperature, ignore_index=ignore_index,
                                      return_entropy=return_entropy)
 
     def generalized_jsd(
@@ -306,41 +296,13 @@ class Transformer(nn.Module):
         [...], from both hidden states and LM heads in chunks (`atlas.kernels.linear_generalized_jsd`):
         neither [tokens x vocab] logits tensor exists. Gradients reach this model only. `vocab_size`
         keeps the first rows of both heads (embedding matrices padded past the tokenizer, and padded
-        differently on the two sides, then compare the real tokens only). Under FSDP2 a registered
-        forward method, like `token_logprobs`; the teacher's head must be unsharded by the caller."""
+        differently on the two sides, then compare the real tokens only). The teacher's head must be a
+        whole tensor (atlas.distributed.root_unsharded holds a sharded teacher's so)."""
         weight = self.lm_head.weight
-        if _is_dtensor(weight) or _is_dtensor(teacher_weight):
-            raise ValueError("generalized_jsd needs both LM heads unsharded: register it as an FSDP forward method "
-                             "(atlas.distributed.parallelize does) and unshard the teacher's root first")
         if vocab_size is not None:
             weight, teacher_weight = weight[:vocab_size], teacher_weight[:vocab_size]
         return linear_generalized_jsd(hidden, weight, teacher_hidden, teacher_weight, beta, temperature, mask=mask,
                                       normalize=normalize)
-
-    @contextlib.contextmanager
-    def gathered(self) -> Iterator[None]:
-        """Hold every parameter unsharded for the duration and run the blocks without module hooks.
-
-        For generation on an FSDP2 model: FSDP's per-block hooks would reshard (free) each block after
-        every decode step and all-gather it again at the next. Inside, each FSDP module found sharded is
-        unsharded once (`FSDPModule.unshard`, which follows the MixedPrecisionPolicy) and resharded on exit;
-        one found unsharded is left so. No FSDP setting is read or changed, so a model that never ran
-        forward meets its first forward exactly as FSDP would have had it. Call `model.forward(...)`
-        inside, not `model(...)`, whose root hooks would run. Costs one full copy of the parameters per
-        rank for the duration. A no-op wrapper for an unsharded model.
-        """
-        fsdp = _fsdp_module_type()
-        modules = [] if fsdp is None else [m for m in self.modules() if isinstance(m, fsdp)]
-        sharded = [m for m in modules if _holds_sharded(m, fsdp)]
-        for m in sharded:
-            m.unshard()
-        self._gathered = True
-        try:
-            yield
-        finally:
-            self._gathered = False
-            for m in sharded:
-                m.reshard()
 
     def _attention_context(self, B, T, device, attention_mask_BT, cu_seqlens, cache):
         """The attention mask (True = attend) and default positions for one forward."""
@@ -424,30 +386,3 @@ class Transformer(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.embed_tokens.weight.dtype
-
-
-def _fsdp_module_type():
-    try:
-        from torch.distributed.fsdp import FSDPModule
-    except ImportError:  # a torch build without distributed
-        return None
-    return FSDPModule
-
-
-def _is_dtensor(t: torch.Tensor) -> bool:
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:
-        return False
-    return isinstance(t, DTensor)
-
-
-def _holds_sharded(module: nn.Module, fsdp: type) -> bool:
-    """Whether the parameters this FSDP module manages (its own and those of non-FSDP submodules) are
-    registered as sharded DTensors, as FSDP2 leaves them between forwards."""
-    stack, own = [module], []
-    while stack:
-        m = stack.pop()
-        own.extend(m.parameters(recurse=False))
-        stack.extend(c for c in m.children() if not isinstance(c, fsdp))
-    return any(_is_dtensor(p) for p in own)

@@ -55,7 +55,6 @@ models (PPO), GSPO's sequence-level ratio.
 
 from __future__ import annotations
 
-import copy
 import functools
 import math
 import time
@@ -143,8 +142,8 @@ class _Batch:
 
 
 class GRPO(Trainer):
-    """See the module docstring. `ref_model`: the frozen reference (default: a copy of `model` taken before
-    sharding; pass one for a model that is already sharded)."""
+    """See the module docstring. `ref_model`: the frozen reference (default, with beta > 0: a copy of the
+    policy as given, sharded like it: `atlas.distributed.copy_model`)."""
 
     def __init__(self, model: Transformer, tokenizer, reward_fns: RewardFn | Sequence[RewardFn],
                  config: GRPOConfig, ref_model: Transformer | None = None):
@@ -157,13 +156,10 @@ class GRPO(Trainer):
         if len(weights) != len(self.reward_fns):
             raise ValueError(f"reward_weights has {len(weights)} entries for {len(self.reward_fns)} reward functions")
         self.reward_weights = weights
-        if config.beta > 0 and ref_model is None:
-            if hasattr(model, "unshard"):
-                raise ValueError("the model is already sharded: pass ref_model (a frozen copy sharded like it), or "
-                                 "give GRPO the unsharded model and it makes and shards the copy itself")
-            ref_model = copy.deepcopy(model)
         super().__init__(model, tokenizer, config)
-        self.ref = self.freeze(ref_model) if config.beta > 0 else None
+        self.ref = None
+        if config.beta > 0:  # GRPO alone decides whether there is a reference, and makes it when not given one
+            self.ref = self.freeze(ref_model if ref_model is not None else ad.copy_model(self.model))
         self.batch_size = config.prompts_per_step
         self.sampler = Sampler(self.model, tokenizer)
         self.params = SamplingParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature,

@@ -26,6 +26,8 @@ import math
 import torch
 from torch import nn
 
+import atlas.distributed as ad
+
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float],
                     eps: float = 1e-8) -> torch.optim.AdamW:
@@ -55,10 +57,8 @@ def grad_norm_(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return torch.zeros(())
-    norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
-    if hasattr(norm, "full_tensor"):  # FSDP2: a partial DTensor of per-rank shard norms
-        norm = norm.full_tensor()
-    norm = norm.float()
+    # under FSDP2 a partial DTensor of per-rank shard norms: reduced to the global one
+    norm = ad.full_tensor(torch.nn.utils.get_total_norm(grads, norm_type=2.0)).float()
     if max_norm > 0 and torch.isfinite(norm):
         torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
     return norm

@@ -265,7 +265,7 @@ def fp32_master_weights(model: Transformer) -> Transformer:
     """`model` with fp32 parameters (upcast in place, FSDP2-sharded or not); see the module docstring."""
     low = sorted({str(p.dtype) for p in model.parameters() if p.dtype != torch.float32})
     if low:
-        n = sum((p.to_local() if hasattr(p, "to_local") else p).numel() for p in model.parameters() if p.requires_grad)
+        n = sum(ad.local_tensor(p).numel() for p in model.parameters() if p.requires_grad)
         logger.warning("training keeps fp32 master weights: the model given in %s is upcast to float32 in place "
                        "(16 bytes per trained parameter with its gradient and AdamW state: %.2f GiB on this rank); "
                        "param_dtype=bfloat16 sets the compute dtype", ", ".join(low), 16 * n / 2**30)
