@@ -138,8 +138,7 @@ class Sampler:
         self._check_prompts(prompt_ids)
         P, n = len(prompt_ids), params.n
         B = P * n
-        lengths = [len(p) for p in prompt_ids]
-        Tp = max(lengths)
+        Tp = max(len(p) for p in prompt_ids)
         if Tp + params.max_new_tokens > config.max_position_embeddings:
             raise ValueError(
                 f"longest prompt ({Tp}) + max_new_tokens ({params.max_new_tokens}) exceeds the model's "
@@ -162,16 +161,14 @@ class Sampler:
             max_len = min(-(-max_len // 64) * 64, config.max_position_embeddings)
         with ad.gathered(self.model):
             cache = self._kv_cache(B, max_len)  # after gathering: the dtype FSDP computes in
-            prefill = cache.every_nth_row(n)
-            hidden = self.model.forward(ids_PT, attention_mask_BT=mask_PT, cache=prefill, return_hidden=True)
-            _broadcast_groups(cache, prefill, n)
+            hidden = self.model.forward(ids_PT, attention_mask_BT=mask_PT, cache=cache.every_nth_row(n),
+                                        return_hidden=True)  # each prompt once...
+            cache.fork(n)  # ...continued by its n samples
             logits_BV = self.model.lm_head(hidden[:, -1]).repeat_interleave(n, dim=0)
             if self.compile:
                 cache.start_static_decode()
-            tokens_BT, logp_BT, slogp_BT, ended_at_B = self._decode(
-                logits_BV, cache, torch.tensor(lengths, device=device).repeat_interleave(n), params, stop, u_BT,
-                check_every,
-            )
+            tokens_BT, logp_BT, slogp_BT, ended_at_B = self._decode(logits_BV, cache, params, stop, u_BT,
+                                                                    check_every)
         return self._completions(tokens_BT, logp_BT, slogp_BT, ended_at_B, n, params)
 
     def _kv_cache(self, rows: int, max_len: int) -> KVCache:
@@ -192,7 +189,7 @@ class Sampler:
             self._cache = cache
         return cache
 
-    def _decode(self, logits_BV, cache, prompt_len_B, params, stop, u_BT, check_every):
+    def _decode(self, logits_BV, cache, params, stop, u_BT, check_every):
         """The decode loop; returns tokens/logprobs [B, max_new] and each row's stop step (-1: ran out)."""
         B, device, steps = logits_BV.shape[0], logits_BV.device, params.max_new_tokens
         tokens_BT = torch.zeros(B, steps, dtype=torch.long, device=device)
@@ -220,13 +217,13 @@ class Sampler:
                     ended_at_B[rows[finished]] = live_stop[finished]
                     rows, token_b, live_stop = rows[keep], token_b[keep], live_stop[keep]
                     cache.select_rows(keep)
-            logits_BV = self._step(token_b[:, None], (prompt_len_B[rows] + t)[:, None], cache)
+            logits_BV = self._step(token_b[:, None], cache)
         ended_at_B[rows] = live_stop
         return tokens_BT, logp_BT, slogp_BT, ended_at_B
 
-    def _forward_step(self, tokens_B1: torch.Tensor, positions_B1: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """One decode step: next-token logits [B, V] for one token per row."""
-        hidden = self.model.forward(tokens_B1, positions_BT=positions_B1, cache=cache, return_hidden=True)
+    def _forward_step(self, tokens_B1: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """One decode step: next-token logits [B, V] for one token per row (positions: the cache's)."""
+        hidden = self.model.forward(tokens_B1, cache=cache, return_hidden=True)
         return self.model.lm_head(hidden[:, 0])
 
     def _completions(self, tokens_BT, logp_BT, slogp_BT, ended_at_B, n, params) -> list[Completion]:
@@ -348,14 +345,3 @@ def uniforms(prompt_seeds: list[int], n: int, steps: int, device: torch.device |
     t_1T = torch.arange(steps, dtype=torch.long, device=device)[None]
     h_BT = _mix32(_mix32(a_B1 ^ t_1T) ^ b_B1)
     return (h_BT >> 8).float() * 2.0**-24
-
-
-def _broadcast_groups(cache: KVCache, prefill: KVCache, n: int) -> None:
-    """Copy each prompt's prefilled row into its group's other n - 1 rows."""
-    if n > 1:
-        B, H, S, D = cache.k[0].shape
-        for buf in cache.k + cache.v:
-            groups = buf.view(B // n, n, H, S, D)
-            groups[:, 1:] = groups[:, :1]
-        cache.valid_BS.view(B // n, n, S)[:, 1:] = cache.valid_BS.view(B // n, n, S)[:, :1]
-    cache.pos, cache.has_pad = prefill.pos, prefill.has_pad

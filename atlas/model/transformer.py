@@ -13,14 +13,11 @@
 Module and parameter names mirror transformers' minus its `model.` prefix, so HF checkpoints map 1:1
 (see weights.py).
 
-`Transformer.forward` covers every caller in atlas:
-- plain causal batches (`model(ids_BT)`), left- or right-padded batches (`attention_mask_BT`, positions
-  derived from it as transformers does), packed sequences (`cu_seqlens`, flash-attn's varlen kernel on CUDA
-  when installed, otherwise causal SDPA over each group of equal-length sequences), explicit `positions_BT`;
-- a static KV cache (`KVCache`) for the sampler: new keys/values are written at slots [pos, pos + T) and
-  queries attend to every valid slot before them; after `KVCache.start_static_decode()` every call has
-  the same shapes (one token per row at a tensor slot, attention over all slots under a mask), so a
-  decode step can be compiled once and replayed (gpt-fast style, CUDA graphs);
+`Transformer.forward` covers every caller in atlas, each in its attention regime (atlas/model/attention.py,
+chosen in one place): plain causal batches (`model(ids_BT)`), left- or right-padded batches
+(`attention_mask_BT`), packed sequences (`cu_seqlens`), a KV cache (`KVCache`, which owns what it holds:
+atlas/model/cache.py) in eager or static decode (fixed shapes: one compiled decode step replays, gpt-fast
+style, CUDA graphs); explicit `positions_BT` override the regime's;
 - `return_hidden=True` returns the final normed hidden states instead of logits, so trainers compute
   log-probabilities from hidden states and the LM head in chunks (atlas.kernels) without a [T, V] tensor.
 
@@ -47,6 +44,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from atlas.kernels import linear_generalized_jsd, linear_token_logprobs
+from atlas.model.attention import AttnContext, attention_context
 from atlas.model.cache import KVCache
 from atlas.model.config import ModelConfig
 from atlas.model.rope import apply_rope, rope_inv_freq
@@ -83,7 +81,7 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(d, config.rms_norm_eps)
             self.k_norm = RMSNorm(d, config.rms_norm_eps)
 
-    def forward(self, x_BTH: torch.Tensor, cos_BTD: torch.Tensor, sin_BTD: torch.Tensor, ctx: _AttnContext,
+    def forward(self, x_BTH: torch.Tensor, cos_BTD: torch.Tensor, sin_BTD: torch.Tensor, ctx: AttnContext,
                 layer: int) -> torch.Tensor:
         B, T, _ = x_BTH.shape
         q = self.q_proj(x_BTH).view(B, T, self.n_heads, self.head_dim)
@@ -161,17 +159,6 @@ class Block(nn.Module):
         return h + self.mlp(self.post_attention_layernorm(h))
 
 
-class _AttnContext:
-    """What every layer's attention needs for one forward: built once, shared by all layers."""
-
-    def __init__(self, mask=None, is_causal=False, cache=None, cu_seqlens=None, max_seqlen=None):
-        self.mask, self.is_causal, self.cache = mask, is_causal, cache
-        self.cu_seqlens, self.max_seqlen = cu_seqlens, max_seqlen
-        self.segments: list[torch.Tensor] | None = None  # packed rows without flash-attn: [n, L] positions
-        self.unpermute: torch.Tensor | None = None  # from the segments' concatenated order back to the row's
-        self.checkpoint = False
-
-
 class Transformer(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -232,21 +219,19 @@ class Transformer(nn.Module):
 
         attention_mask_BT: 1 for real tokens, 0 for padding (left or right); pads attend only to themselves.
         cu_seqlens: [S + 1] int32 cumulative lengths of S sequences packed into one row (B must be 1).
-        positions_BT: rope positions; derived from the mask / boundaries / cache position when omitted.
-        cache: a KVCache; this call writes slots [cache.pos, cache.pos + T) and advances cache.pos
-            (in static mode: slot cache.slot_t, T = 1, positions_BT required).
+        positions_BT: rope positions; by default the regime's (atlas.model.attention).
+        cache: a KVCache; this call takes its next T slots of every row (`KVCache.advance`: in static mode
+            one slot, T = 1) and writes them.
         """
         if input_ids_BT.dim() != 2:
             raise ValueError(f"input_ids must be [batch, time], got shape {tuple(input_ids_BT.shape)}")
         B, T = input_ids_BT.shape
-        device = input_ids_BT.device
-        ctx, positions = self._attention_context(B, T, device, attention_mask_BT, cu_seqlens, cache)
+        flash = flash_attn_varlen_func is not None and input_ids_BT.is_cuda and self._half()
+        ctx, positions = attention_context(input_ids_BT, attention_mask_BT, cu_seqlens, cache, flash)
         if positions_BT is not None:
             if positions_BT.shape != (B, T):
                 raise ValueError(f"positions_BT must have shape {(B, T)}, got {tuple(positions_BT.shape)}")
             positions = positions_BT
-        if positions is None:
-            raise ValueError("a cache in static decode mode needs explicit positions_BT")
 
         h = self.embed_tokens(input_ids_BT)
         freqs = positions.to(torch.float32)[..., None] * self.inv_freq
@@ -255,10 +240,6 @@ class Transformer(nn.Module):
         ctx.checkpoint = self.activation_checkpointing and torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):
             h = layer.forward(h, cos, sin, ctx, i) if self.bypass_block_hooks else layer(h, cos, sin, ctx, i)
-        if cache is not None and cache.slot_t is not None:
-            cache.slot_t += 1
-        elif cache is not None:
-            cache.pos += T
         h = self.norm(h)
         return h if return_hidden else self.lm_head(h)
 
@@ -303,78 +284,6 @@ class Transformer(nn.Module):
             weight, teacher_weight = weight[:vocab_size], teacher_weight[:vocab_size]
         return linear_generalized_jsd(hidden, weight, teacher_hidden, teacher_weight, beta, temperature, mask=mask,
                                       normalize=normalize)
-
-    def _attention_context(self, B, T, device, attention_mask_BT, cu_seqlens, cache):
-        """The attention mask (True = attend) and default positions for one forward."""
-        if cu_seqlens is not None:
-            if B != 1 or cache is not None or attention_mask_BT is not None:
-                raise ValueError("cu_seqlens packs sequences into one row: use batch size 1, no cache, no mask")
-            cu_seqlens = cu_seqlens.to(device=device, dtype=torch.int32)
-            if cu_seqlens[0] != 0 or cu_seqlens[-1] != T or (cu_seqlens.diff() <= 0).any():
-                raise ValueError(f"cu_seqlens must rise strictly from 0 to the row length {T}, got {cu_seqlens}")
-            t = torch.arange(T, device=device)
-            seq_T = torch.searchsorted(cu_seqlens[1:], t, right=True)
-            positions = (t - cu_seqlens[seq_T])[None]
-            if flash_attn_varlen_func is not None and device.type == "cuda" and self._half():
-                return _AttnContext(cu_seqlens=cu_seqlens, max_seqlen=int(cu_seqlens.diff().max())), positions
-            # without flash-attn: sequences of equal length attend as one batch (a block-diagonal mask over
-            # the whole row would cost T^2 and made a packed SFT step 20x slower on CPU than padding)
-            starts, lengths = cu_seqlens[:-1].tolist(), cu_seqlens.diff().tolist()
-            by_length: dict[int, list[int]] = {}
-            for start, length in zip(starts, lengths):
-                by_length.setdefault(length, []).append(start)
-            segments = [torch.tensor(st, device=device)[:, None] + torch.arange(L, device=device)
-                        for L, st in by_length.items()]
-            order = torch.cat([idx.flatten() for idx in segments])
-            ctx = _AttnContext()
-            ctx.segments, ctx.unpermute = segments, torch.empty_like(order).scatter_(0, order, t)
-            return ctx, positions
-
-        if cache is not None and cache.slot_t is not None:
-            if T != 1 or cache.batch_size != B:
-                raise ValueError(f"static decode takes one token for each of the cache's {cache.batch_size} rows")
-            visible_BS = cache.valid_BS & (torch.arange(cache.max_len, device=device) <= cache.slot_t)
-            return _AttnContext(mask=visible_BS[:, None, None], cache=cache), None
-
-        if attention_mask_BT is not None and attention_mask_BT.shape != (B, T):
-            raise ValueError(f"attention_mask_BT must have shape {(B, T)}, got {tuple(attention_mask_BT.shape)}")
-        start = cache.pos if cache is not None else 0
-        end = start + T
-        if cache is not None:
-            if cache.batch_size != B:
-                raise ValueError(f"cache holds {cache.batch_size} rows but the input has {B}")
-            if end > cache.max_len:
-                raise ValueError(f"cache overflow: writing slots up to {end} in a cache of {cache.max_len}")
-            cache.valid_BS[:, start:end] = True if attention_mask_BT is None else attention_mask_BT.bool()
-            if attention_mask_BT is not None and not bool(attention_mask_BT.all()):
-                cache.has_pad = True
-            valid_BS, padded = cache.valid_BS[:, :end], cache.has_pad
-        elif attention_mask_BT is not None:
-            valid_BS = attention_mask_BT.bool()
-            padded = not bool(valid_BS.all())
-        else:
-            valid_BS, padded = None, False
-
-        if attention_mask_BT is not None:
-            # transformers' convention: a row's first real token is position 0, pads sit at 0
-            positions = (attention_mask_BT.long().cumsum(-1) - 1).clamp(min=0)
-            if cache is not None and start > 0:
-                positions = positions + cache.valid_BS[:, :start].sum(-1, keepdim=True)
-        elif cache is not None and cache.has_pad:
-            positions = cache.valid_BS[:, :start].sum(-1, keepdim=True) + torch.arange(T, device=device)
-        else:
-            positions = torch.arange(start, end, device=device).expand(B, T)
-
-        if not padded and (T == 1 or start == 0):
-            return _AttnContext(is_causal=T > 1, cache=cache), positions
-        q_slot = torch.arange(start, end, device=device)
-        k_slot = torch.arange(end, device=device)
-        mask = k_slot[None, :] <= q_slot[:, None]  # [T, S] causal
-        if valid_BS is not None:
-            # pads never serve as keys; a pad query attends to itself so its (ignored) row is not all -inf
-            mask = (mask & valid_BS[:, None, :]) | (k_slot[None, :] == q_slot[:, None])
-            return _AttnContext(mask=mask[:, None], cache=cache), positions
-        return _AttnContext(mask=mask[None, None], cache=cache), positions
 
     def _half(self) -> bool:
         return self.embed_tokens.weight.dtype in (torch.float16, torch.bfloat16)

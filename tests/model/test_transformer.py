@@ -161,9 +161,39 @@ def test_static_decode_equals_full_forward(qwen3):
             positions = torch.tensor([[6 + t], [10 + t]])
             steps.append(model(nxt[:, t:t + 1], positions_BT=positions, cache=cache))
         assert cache.slot_t.item() == 14
-        with pytest.raises(ValueError, match="explicit positions_BT"):
-            model(nxt[:, :1], cache=cache)
         decoded = torch.cat(steps, dim=1)
         for i, row in enumerate([a, b]):
             full = model(torch.cat([row, nxt[i]])[None])[0, -4:]
             assert (decoded[i] - full).abs().max().item() <= TOL
+        # the cache knows how far each row has advanced: without explicit positions, the same logits
+        cache.reset()
+        model(ids, attention_mask_BT=mask, cache=cache)
+        cache.start_static_decode()
+        derived = torch.cat([model(nxt[:, t:t + 1], cache=cache) for t in range(4)], dim=1)
+        assert torch.equal(derived, decoded) and cache.lengths_B.tolist() == [10, 14]
+
+
+def test_rows_append_blocks_of_different_lengths_and_continue(qwen3):
+    """An agent's turn: each row appends its own number of tokens (right-padded block), then decoding goes
+    on from the same cache; every row's logits equal one full forward over its own tokens."""
+    _, model = qwen3
+    prompts = [_ids(1, 5, seed=10)[0], _ids(1, 8, seed=11)[0]]
+    appended = [_ids(1, 4, seed=12)[0], _ids(1, 1, seed=13)[0]]
+    nxt = _ids(2, 2, seed=14)
+    ids, mask = torch.zeros(2, 8, dtype=torch.long), torch.zeros(2, 8, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, 8 - len(p):], mask[i, 8 - len(p):] = p, 1
+    block, block_mask = torch.zeros(2, 4, dtype=torch.long), torch.zeros(2, 4, dtype=torch.long)
+    for i, x in enumerate(appended):
+        block[i, :len(x)], block_mask[i, :len(x)] = x, 1
+    cache = am.KVCache(model.config, 2, 32, dtype=torch.float32, device="cpu")
+    with torch.no_grad():
+        model(ids, attention_mask_BT=mask, cache=cache)
+        out = model(block, attention_mask_BT=block_mask, cache=cache)
+        steps = torch.cat([model(nxt[:, t:t + 1], cache=cache) for t in range(2)], dim=1)
+        assert cache.lengths_B.tolist() == [5 + 4 + 2, 8 + 1 + 2] and cache.has_pad
+        for i in range(2):
+            full = model(torch.cat([prompts[i], appended[i], nxt[i]])[None])[0]
+            n = len(appended[i])
+            assert (out[i, :n] - full[len(prompts[i]):len(prompts[i]) + n]).abs().max().item() <= TOL
+            assert (steps[i] - full[-2:]).abs().max().item() <= TOL
