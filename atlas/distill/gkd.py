@@ -49,9 +49,9 @@ import torch
 import atlas.distributed as ad
 from atlas.model import Transformer
 from atlas.sampler import SamplingParams, stream_seed
-from atlas.train.data import IGNORE, as_conversation, encode_conversation, micro_batches, pad_micro_batches, shard
+from atlas.train.data import IGNORE, as_conversation, encode_conversation, micro_batch_count, micro_batches, shard
 from atlas.train.evaluate import greedy_eval
-from atlas.train.rollout import micro_batch_count, sample_rollouts
+from atlas.train.rollout import sample_rollouts
 from atlas.train.trainer import TrainConfig, Trainer
 
 
@@ -86,6 +86,11 @@ class GKDConfig(TrainConfig):
             if getattr(self, key) < 1:
                 raise ValueError(f"config key {key!r} must be >= 1, got {getattr(self, key)}")
 
+    def sampling_params(self) -> SamplingParams:
+        """How the on-policy (and seq_kd) completions are sampled."""
+        return SamplingParams(max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                              ignore_eos=self.ignore_eos)
+
 
 def check_vocabularies(tokenizer, teacher_tokenizer, student: Transformer, teacher: Transformer) -> None:
     """ValueError when the two sides cannot be compared token for token; see the module docstring."""
@@ -118,21 +123,22 @@ class GKD(Trainer):
         self.batch_size = config.batch_size
         self.vocab = tokenizer.vocab_size
         self.baseline: dict[str, float] | None = None
-        self.record: list[tuple[list[int], list[int]]] | None = None  # set to a list to keep what was scored
 
-    def step(self, batch: list[Any]) -> dict[str, float]:
+    def step(self, prompts: list[Any]) -> dict[str, float]:
+        """One optimizer step on `batch_size` prompts (their completions, on- or off-policy)."""
         config, step = self.config, self.step_count + 1
         t0 = time.perf_counter()
         on_policy = random.Random(stream_seed(config.seed, step, 1)).random() < config.lmbda
-        sequences = self._sequences(batch, step, on_policy)
+        sequences = self._sequences(prompts, step, on_policy)
         t1 = time.perf_counter()
         lengths = [sum(m[1:]) for _, m in sequences]  # completion tokens per sequence (targets start at 1)
-        total = int(ad.all_reduce(torch.tensor([float(sum(lengths))], device=ad.device())).item())
+        counts = ad.all_reduce_sums({"completion": sum(lengths), "sequences": len(lengths),
+                                     "tokens": sum(len(ids) for ids, _ in sequences)})
+        total = counts["completion"]
         if total == 0:
             raise ValueError("this step has no completion token to distil on")
-        per_rank = -(-len(batch) // ad.world_size())
-        mbs = micro_batches(sequences, config.micro_batch_size, False, self.pad_id, ad.device())
-        mbs = pad_micro_batches(mbs, micro_batch_count(per_rank, config.micro_batch_size), self.pad_id, ad.device())
+        mbs = micro_batches(sequences, config.micro_batch_size, False, self.pad_id, ad.device(),
+                            count=micro_batch_count(len(prompts), config.micro_batch_size))
         loss_sum = torch.zeros((), dtype=torch.float64, device=ad.device())
         with ad.root_unsharded(self.teacher):
             for mb in mbs:
@@ -140,8 +146,6 @@ class GKD(Trainer):
                 with torch.no_grad():
                     teacher_hidden = self.teacher(mb.input_ids_BT, return_hidden=True, **kwargs)
                 hidden = self.model(mb.input_ids_BT, return_hidden=True, **kwargs)
-                if self.record is not None:
-                    self.record.append((mb.input_ids_BT.tolist(), mb.targets_BT.tolist()))
                 jsd = self.model.generalized_jsd(hidden, teacher_hidden, self.teacher.lm_head.weight, config.beta,
                                                  config.loss_temperature, mask=mb.targets_BT != IGNORE,
                                                  normalize=config.normalize_jsd, vocab_size=self.vocab)
@@ -149,23 +153,19 @@ class GKD(Trainer):
                 self.backward(loss)
                 loss_sum += loss.detach().double()
         out = self.optimizer_step()
-        stats = ad.all_reduce(torch.tensor([loss_sum.item(), float(sum(lengths)), float(len(lengths)),
-                                            float(sum(len(ids) for ids, _ in sequences))],
-                                           dtype=torch.float64, device=ad.device())).tolist()
-        return {"loss": stats[0], "on_policy": int(on_policy), "completion_len_mean": stats[1] / max(stats[2], 1),
-                "tokens": stats[3], "rollout_s": t1 - t0, "update_s": time.perf_counter() - t1, **out}
+        return {"loss": ad.all_reduce_sums({"loss": loss_sum})["loss"], "on_policy": int(on_policy),
+                "completion_len_mean": total / max(counts["sequences"], 1), "tokens": counts["tokens"],
+                "rollout_s": t1 - t0, "update_s": time.perf_counter() - t1, **out}
 
-    def _sequences(self, batch: list[Any], step: int, on_policy: bool) -> list[tuple[list[int], list[int]]]:
+    def _sequences(self, prompts: list[Any], step: int, on_policy: bool) -> list[tuple[list[int], list[int]]]:
         """This rank's (ids, completion mask) sequences: sampled by the student (on-policy), by the teacher
         (seq_kd), or the examples' own completions."""
         config = self.config
         if on_policy or config.seq_kd:
-            params = SamplingParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                                    ignore_eos=config.ignore_eos)
             model = self.model if on_policy else self.teacher
-            rollouts = sample_rollouts(model, self.tokenizer, batch, params, (config.seed, step))
-            return [(r.sequence, [0] * len(r.prompt_ids) + [1] * len(r.completion_ids)) for r in rollouts]
-        return [encode_conversation(self.tokenizer, as_conversation(e)) for e in shard(batch, ad.rank(),
+            batch = sample_rollouts(model, self.tokenizer, prompts, config.sampling_params(), (config.seed, step))
+            return [(r.sequence, [0] * len(r.prompt_ids) + [1] * len(r.completion_ids)) for r in batch.rollouts]
+        return [encode_conversation(self.tokenizer, as_conversation(e)) for e in shard(prompts, ad.rank(),
                                                                                      ad.world_size())]
 
     def evaluate(self, examples: Sequence[Any]) -> dict[str, float]:

@@ -26,7 +26,6 @@ Left out: loss weighting per turn, NEFTune noise, LoRA.
 from __future__ import annotations
 
 import logging
-import math
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ import torch
 
 import atlas.distributed as ad
 from atlas.model import Transformer
-from atlas.train.data import as_conversation, encode_conversation, micro_batches, pad_micro_batches, shard
+from atlas.train.data import as_conversation, encode_conversation, micro_batch_count, micro_batches, shard
 from atlas.train.evaluate import greedy_eval
 from atlas.train.trainer import TrainConfig, Trainer
 
@@ -125,11 +124,10 @@ class SFT(Trainer):
     def _nll(self, batch: list[Encoded], total: int, train: bool) -> float:
         """Summed NLL of the assistant tokens of `batch` over every rank; with `train`, backward of the
         global-count-normalised loss for each of this rank's micro-batches."""
-        world, size = ad.world_size(), self.config.micro_batch_size
-        mine = shard(batch, ad.rank(), world)
-        device = ad.device()
-        mbs = micro_batches([(e.ids, e.mask) for e in mine], size, self.config.pack, self.pad_id, device)
-        mbs = pad_micro_batches(mbs, math.ceil(math.ceil(len(batch) / world) / size), self.pad_id, device)
+        size, device = self.config.micro_batch_size, ad.device()
+        mine = shard(batch, ad.rank(), ad.world_size())
+        mbs = micro_batches([(e.ids, e.mask) for e in mine], size, self.config.pack, self.pad_id, device,
+                            count=micro_batch_count(len(batch), size))
         nll = torch.zeros((), dtype=torch.float64, device=device)
         for mb in mbs:
             hidden = self.model(mb.input_ids_BT, return_hidden=True, **mb.forward_kwargs())

@@ -9,7 +9,7 @@ One rollout batch (`prompts_per_step` prompts x `num_generations` completions) p
 2. rewards where the completions are: each reward function `(prompts, completions, **columns) -> list[float]`
    is called on this rank's completions; the reward is their weighted sum (`reward_weights`). A group
    never straddles ranks (all G completions of a prompt are sampled on one), so advantages need no
-   gathering; only scale="batch" reduces the batch's standard deviation over ranks;
+   gathering; only scale="batch" reduces the batch's standard deviation over ranks (`group_advantages`);
 3. log-probabilities of the sampled tokens (prompt + completion, one sequence, the context it was
    sampled in) through `model.token_logprobs` at the sampling temperature: the LM head in chunks, no
    [tokens x vocab] tensor beyond one chunk. Old log-probabilities: with mu = 1 they are the current ones
@@ -21,6 +21,9 @@ One rollout batch (`prompts_per_step` prompts x `num_generations` completions) p
    model and one kernel, one number;
 4. the clipped, KL-penalised loss, normalised by global counts (loss_norm), micro-batch by micro-batch,
    then one optimizer step (clipping, the non-finite guard: atlas.train).
+The rollout batch is built once per `mu` steps (`TrainingBatch`): prompts rendered once, the reward
+functions' arguments once, the micro-batches and every per-token value (the sampler's, old, reference
+log-probabilities) as tensors laid out on them once; each optimizer step is one pass over them.
 
 Truncated sampling (top-p/top-k/min-p) draws each token from q, the truncated distribution renormalised,
 not from the policy's full distribution p at the sampling temperature. `tis_cap = C` multiplies each
@@ -66,12 +69,12 @@ import torch
 
 import atlas.distributed as ad
 from atlas.model import Transformer
-from atlas.rl.advantage import group_advantages
+from atlas.rl.advantage import group_advantages, reward_moments
 from atlas.rl.loss import LossCounts, policy_loss
 from atlas.sampler import Sampler, SamplingParams
-from atlas.train.data import reward_inputs
+from atlas.train.data import micro_batch_count
 from atlas.train.evaluate import greedy_eval
-from atlas.train.rollout import Rollout, micro_batch_count, rollout_batches, sample_rollouts
+from atlas.train.rollout import Rollout, RolloutBatch, RolloutMicroBatch, rollout_micro_batches, sample_rollouts
 from atlas.train.trainer import TrainConfig, Trainer
 
 RewardFn = Callable[..., list[float]]
@@ -79,7 +82,7 @@ RewardFn = Callable[..., list[float]]
 
 @dataclass
 class GRPOConfig(TrainConfig):
-    """The original's defaults where they exist: lr 1e-6, 8 generations, beta 0.04, temperature 1.0."""
+    """Defaults of Atlas Core's GRPO where it had them: lr 1e-6, 8 generations, beta 0.04, temperature 1.0."""
 
     output_dir: str = "results/grpo"
     lr: float = 1e-6
@@ -124,18 +127,25 @@ class GRPOConfig(TrainConfig):
             raise ValueError(f"config key 'ref_sync_alpha' must be in (0, 1], got {self.ref_sync_alpha}")
         if self.tis_cap is not None and self.tis_cap <= 0:
             raise ValueError(f"config key 'tis_cap' must be > 0 or null, got {self.tis_cap}")
-        SamplingParams(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
-                       top_k=self.top_k, min_p=self.min_p)  # the sampling knobs' own checks
+        self.sampling_params()  # the sampling knobs' own checks
+
+    def sampling_params(self) -> SamplingParams:
+        """The rollouts' sampling settings (G completions per prompt)."""
+        return SamplingParams(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
+                              top_k=self.top_k, min_p=self.min_p, n=self.num_generations, ignore_eos=self.ignore_eos)
 
 
 @dataclass
-class _Batch:
-    """One rollout batch and what every inner step of it reuses."""
+class TrainingBatch:
+    """One rollout batch as GRPO trains on it for `mu` optimizer steps: the rollouts, their micro-batches,
+    and per micro-batch the advantages [B] and the old and reference log-probabilities [B, T] (old None
+    with mu = 1: the current ones, detached)."""
 
     rollouts: list[Rollout]
-    advantages: list[float]
-    old: list[list[float]] | None  # per completion token; None with mu = 1 (the current, detached)
-    ref: list[list[float]] | None
+    micro: list[RolloutMicroBatch]
+    adv_B: list[torch.Tensor]
+    old_BT: list[torch.Tensor] | None
+    ref_BT: list[torch.Tensor] | None
     counts: LossCounts
     metrics: dict[str, float]
     inner: int = 0
@@ -148,7 +158,8 @@ class GRPO(Trainer):
     def __init__(self, model: Transformer, tokenizer, reward_fns: RewardFn | Sequence[RewardFn],
                  config: GRPOConfig, ref_model: Transformer | None = None):
         self.reward_fns = list(reward_fns) if isinstance(reward_fns, Sequence) else [reward_fns]
-        if not self.reward_fns or not all(callable(f) for f in self.reward_fns):
+        scored_elsewhere = type(self).score is not GRPO.score  # a subclass that computes its own rewards
+        if not (self.reward_fns or scored_elsewhere) or not all(callable(f) for f in self.reward_fns):
             raise ValueError("reward_fns must be a callable or a non-empty list of callables "
                              "(prompts, completions, **columns) -> list[float]")
         self.reward_names = _names(self.reward_fns)
@@ -162,23 +173,21 @@ class GRPO(Trainer):
             self.ref = self.freeze(ref_model if ref_model is not None else ad.copy_model(self.model))
         self.batch_size = config.prompts_per_step
         self.sampler = Sampler(self.model, tokenizer)
-        self.params = SamplingParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                                     top_p=config.top_p, top_k=config.top_k, min_p=config.min_p,
-                                     n=config.num_generations, ignore_eos=config.ignore_eos)
-        self.buffer: _Batch | None = None
+        self.params = config.sampling_params()
+        self.rollout_batch: TrainingBatch | None = None  # kept across the mu optimizer steps that use it
 
     # the loop's hooks
 
     def needs_batch(self) -> bool:
-        return self.buffer is None
+        return self.rollout_batch is None
 
-    def step(self, batch: list[Any] | None) -> dict[str, float]:
-        if batch is not None:
-            self.buffer = self._rollout(batch)
-        row = self._update(self.buffer)
-        self.buffer.inner += 1
-        if self.buffer.inner == self.config.mu:
-            self.buffer = None
+    def step(self, examples: list[Any] | None) -> dict[str, float]:
+        if examples is not None:
+            self.rollout_batch = self._rollout(examples)
+        row = self._update(self.rollout_batch)
+        self.rollout_batch.inner += 1
+        if self.rollout_batch.inner == self.config.mu:
+            self.rollout_batch = None
         return row
 
     def evaluate(self, examples: Sequence[Any]) -> dict[str, float]:
@@ -193,24 +202,48 @@ class GRPO(Trainer):
 
     def extra_state(self) -> dict[str, Any]:
         """The rollout batch an interrupted mu-cycle is still using (nothing between cycles)."""
-        if self.buffer is None:
+        b = self.rollout_batch
+        if b is None:
             return {}
-        b = self.buffer
-        return {"rollouts": [vars(r) for r in b.rollouts], "advantages": b.advantages, "old": b.old, "ref": b.ref,
+
+        def per_rollout(values_BT):
+            out: dict[int, list[float]] = {}
+            for mb, values in zip(b.micro, values_BT):
+                out.update(mb.take(values, b.rollouts))
+            return [out[r] for r in range(len(b.rollouts))]
+
+        adv = {r: a for mb, adv_B in zip(b.micro, b.adv_B) for r, a in zip(mb.rows, adv_B.tolist())}
+        return {"rollouts": [vars(r) for r in b.rollouts], "advantages": [adv[r] for r in range(len(b.rollouts))],
+                "old": None if b.old_BT is None else per_rollout(b.old_BT),
+                "ref": None if b.ref_BT is None else per_rollout(b.ref_BT),
                 "counts": vars(b.counts), "metrics": b.metrics, "inner": b.inner}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        if state:
-            self.buffer = _Batch([Rollout(**r) for r in state["rollouts"]], state["advantages"], state["old"],
-                                 state["ref"], LossCounts(**state["counts"]), state["metrics"], state["inner"])
+        if not state:
+            return
+        rollouts = [Rollout(**r) for r in state["rollouts"]]
+        micro = self._micro_batches(rollouts)
+        self.rollout_batch = TrainingBatch(
+            rollouts, micro, self._advantages_by_micro(micro, state["advantages"]),
+            None if state["old"] is None else [mb.place(state["old"], rollouts) for mb in micro],
+            None if state["ref"] is None else [mb.place(state["ref"], rollouts) for mb in micro],
+            LossCounts(**state["counts"]), state["metrics"], state["inner"])
 
     # rewards
 
     def reward(self, prompts: list[Any], completions: list[str], **columns: Any) -> list[float]:
         """The weighted sum of the reward functions (also the evaluation's reward)."""
-        return self._score(prompts, completions, columns)[0]
+        return self._weighted(prompts, completions, columns)[0]
 
-    def _score(self, prompts, completions, columns) -> tuple[list[float], dict[str, float]]:
+    def score(self, batch: RolloutBatch) -> tuple[list[float], dict[str, float]]:
+        """This rank's rewards of a rollout batch and the metrics they add (each function's mean, over every
+        rank). A subclass may score otherwise (the teaching recipe asks its student)."""
+        total, sums = self._weighted(batch.prompts, batch.completions, batch.columns)
+        sums = ad.all_reduce_sums({**sums, "n": len(total)})
+        n = sums.pop("n")
+        return total, {f"reward_{name}": value / n for name, value in sums.items()}
+
+    def _weighted(self, prompts, completions, columns) -> tuple[list[float], dict[str, float]]:
         total = [0.0] * len(completions)
         sums = {}
         for fn, name, weight in zip(self.reward_fns, self.reward_names, self.reward_weights):
@@ -231,106 +264,103 @@ class GRPO(Trainer):
 
     # one rollout batch
 
-    def prompts_for(self, batch: list[Any], mine: list[int]) -> list[Any]:
+    def prompts_for(self, examples: list[Any], mine: list[int]) -> list[Any]:
         """The examples the policy samples from, by position in the global batch; only this rank's `mine`
         are read. A subclass builds its prompts here (the teaching recipe asks its student first)."""
-        return batch
+        return examples
 
-    def _rollout(self, batch: list[Any]) -> _Batch:
+    def _rollout(self, examples: list[Any]) -> TrainingBatch:
         config, G = self.config, self.config.num_generations
-        step = self.step_count + 1
         t0 = time.perf_counter()
-        batch = self.prompts_for(batch, list(range(ad.rank(), len(batch), ad.world_size())))
-        rollouts = sample_rollouts(self.model, self.tokenizer, batch, self.params, (config.seed, step), self.sampler)
+        examples = self.prompts_for(examples, list(range(ad.rank(), len(examples), ad.world_size())))
+        batch = sample_rollouts(self.model, self.tokenizer, examples, self.params,
+                                (config.seed, self.step_count + 1), self.sampler)
+        rollouts = batch.rollouts
+        micro = self._micro_batches(rollouts)
         t1 = time.perf_counter()
-        prompts, columns = reward_inputs([batch[r.prompt_index] for r in rollouts])
-        rewards, sums = self._score(prompts, [r.text for r in rollouts], columns)  # sums per function
+        rewards, reward_metrics = self.score(batch)
         t2 = time.perf_counter()
-
         r_PG = torch.tensor(rewards, dtype=torch.float64).view(-1, G)
-        n_total = len(batch) * G
-        stats = ad.all_reduce(torch.tensor([r_PG.sum().item(), (r_PG ** 2).sum().item(),
-                                            float((r_PG.std(1) > 0).sum()), *sums.values()],
-                                           dtype=torch.float64, device=ad.device())).tolist()
-        mean = stats[0] / n_total
-        std = math.sqrt(max(0.0, stats[1] / n_total - mean ** 2) * n_total / max(1, n_total - 1))
-        adv = group_advantages(r_PG, config.adv_scale, batch_std=std).flatten().tolist()
-
-        masked = [config.mask_truncated and r.truncated for r in rollouts]
-        lengths = ad.all_reduce(torch.tensor([
-            float(sum(len(r.completion_ids) for r, m in zip(rollouts, masked) if not m)),
-            float(sum(len(r.completion_ids) for r in rollouts)), float(sum(r.truncated for r in rollouts))],
-            dtype=torch.float64, device=ad.device())).tolist()
-        counts = LossCounts(tokens=max(1, int(lengths[0])), sequences=n_total, max_completion_len=config.max_new_tokens)
-        old = self._logprobs(self.model, rollouts, masked) if config.mu > 1 else None
-        ref = self._logprobs(self.ref, rollouts, masked) if self.ref is not None else None
+        adv_B = self._advantages_by_micro(micro, group_advantages(r_PG, config.adv_scale).flatten().tolist())
+        mean, std = reward_moments(r_PG)
+        sums = ad.all_reduce_sums({
+            "trained": sum(mb.valid_BT.sum() for mb in micro), "mixed": (r_PG.std(1) > 0).sum(),
+            "completion": sum(len(r.completion_ids) for r in rollouts),
+            "truncated": sum(r.truncated for r in rollouts)})
+        n_total = len(examples) * G
+        counts = LossCounts(tokens=max(1, int(sums["trained"])), sequences=n_total,
+                            max_completion_len=config.max_new_tokens)
+        old = self._logprobs(self.model, micro) if config.mu > 1 else None
+        ref = self._logprobs(self.ref, micro) if self.ref is not None else None
         t3 = time.perf_counter()
-        metrics = {"reward_mean": mean, "reward_std": std, "mixed_group_frac": stats[2] / len(batch),
-                   **{f"reward_{name}": s / n_total for name, s in zip(sums, stats[3:])},
-                   "completion_len_mean": lengths[1] / n_total, "truncated_frac": lengths[2] / n_total,
-                   "tokens": lengths[1], "rollout_s": t1 - t0, "reward_s": t2 - t1, "logprob_s": t3 - t2}
-        return _Batch(rollouts, adv, old, ref, counts, metrics)
+        metrics = {"reward_mean": mean, "reward_std": std, "mixed_group_frac": sums["mixed"] / len(examples),
+                   **reward_metrics, "completion_len_mean": sums["completion"] / n_total,
+                   "truncated_frac": sums["truncated"] / n_total, "tokens": sums["completion"],
+                   "rollout_s": t1 - t0, "reward_s": t2 - t1, "logprob_s": t3 - t2}
+        return TrainingBatch(rollouts, micro, adv_B, old, ref, counts, metrics)
 
-    def _logprobs(self, model, rollouts: list[Rollout], masked: list[bool]) -> list[list[float]]:
-        """Per completion token log-probabilities under `model` (no grad), at the sampling temperature."""
-        out: list[list[float]] = [[] for _ in rollouts]
-        with torch.no_grad():
-            for rb in self._batches(rollouts, masked):
-                hidden = model(rb.micro.input_ids_BT, return_hidden=True, **rb.micro.forward_kwargs())
-                logp = model.token_logprobs(hidden, rb.micro.targets_BT, self.config.temperature).cpu()
-                for b, r in enumerate(rb.rows):
-                    start = len(rollouts[r].prompt_ids) - 1
-                    out[r] = logp[b, start:start + len(rollouts[r].completion_ids)].tolist()
+    def _micro_batches(self, rollouts: list[Rollout]) -> list[RolloutMicroBatch]:
+        config = self.config
+        count = micro_batch_count(config.prompts_per_step * config.num_generations, config.micro_batch_size,
+                                  group=config.num_generations)
+        return rollout_micro_batches(rollouts, config.micro_batch_size, self.pad_id, ad.device(), count,
+                                     [config.mask_truncated and r.truncated for r in rollouts])
+
+    @staticmethod
+    def _advantages_by_micro(micro: list[RolloutMicroBatch], advantages: list[float]) -> list[torch.Tensor]:
+        """Each micro-batch's advantages [B] (0 on padding rows)."""
+        out = []
+        for mb in micro:
+            adv = torch.zeros(mb.micro.targets_BT.shape[0], dtype=torch.float32)
+            adv[:len(mb.rows)] = torch.tensor([advantages[r] for r in mb.rows], dtype=torch.float32)
+            out.append(adv.to(mb.micro.targets_BT.device))
         return out
 
-    def _batches(self, rollouts, masked):
-        per_rank = math.ceil(self.config.prompts_per_step / ad.world_size()) * self.config.num_generations
-        count = micro_batch_count(per_rank, self.config.micro_batch_size)
-        return rollout_batches(rollouts, self.config.micro_batch_size, self.pad_id, ad.device(), count, masked)
+    def _logprobs(self, model, micro: list[RolloutMicroBatch]) -> list[torch.Tensor]:
+        """Per-token log-probabilities [B, T] of each micro-batch under `model` (no grad), at the sampling
+        temperature."""
+        with torch.no_grad():
+            return [model.token_logprobs(model(mb.micro.input_ids_BT, return_hidden=True,
+                                               **mb.micro.forward_kwargs()), mb.micro.targets_BT,
+                                         self.config.temperature) for mb in micro]
 
-    def _update(self, b: _Batch) -> dict[str, float]:
+    def _update(self, b: TrainingBatch) -> dict[str, float]:
         config, device = self.config, ad.device()
         t0 = time.perf_counter()
-        rollouts = b.rollouts
-        masked = [config.mask_truncated and r.truncated for r in rollouts]
         first = b.inner == 0
-        sums = torch.zeros(7, dtype=torch.float64, device=device)  # loss, kl, clipped, tokens, entropy, gap, count
-        gap_max = torch.zeros((), dtype=torch.float64, device=device)
-        for rb in self._batches(rollouts, masked):
-            hidden = self.model(rb.micro.input_ids_BT, return_hidden=True, **rb.micro.forward_kwargs())
-            logp, entropy = self.model.token_logprobs(hidden, rb.micro.targets_BT, config.temperature,
+        zero = torch.zeros((), dtype=torch.float64, device=device)
+        sums = dict.fromkeys(("loss", "kl", "clipped", "tokens", "entropy", "gap", "count"), zero)
+        gap_max = zero
+        for i, mb in enumerate(b.micro):
+            hidden = self.model(mb.micro.input_ids_BT, return_hidden=True, **mb.micro.forward_kwargs())
+            logp, entropy = self.model.token_logprobs(hidden, mb.micro.targets_BT, config.temperature,
                                                       return_entropy=True)
-            valid = rb.micro.targets_BT != -100
-            old = logp.detach() if b.old is None else rb.per_token(b.old, rollouts, device)
-            ref = None if b.ref is None else rb.per_token(b.ref, rollouts, device)
+            valid = mb.valid_BT
+            old = logp.detach() if b.old_BT is None else b.old_BT[i]
             weights = None
             if config.tis_cap is not None:
-                q = rb.per_token([r.sampled_logprobs for r in rollouts], rollouts, device)
-                weights = torch.exp(old - q).clamp(max=config.tis_cap)
-            adv = torch.zeros(valid.shape[0], device=device)
-            if rb.rows:
-                adv[:len(rb.rows)] = torch.tensor([b.advantages[r] for r in rb.rows], device=device)
-            loss, stats = policy_loss(logp, old, adv, valid, b.counts, eps_low=config.eps_low,
-                                      eps_high=config.eps_high, beta=config.beta, ref_BT=ref, weights_BT=weights,
+                weights = torch.exp(old - mb.sampled_logprobs_BT).clamp(max=config.tis_cap)
+            loss, stats = policy_loss(logp, old, b.adv_B[i], valid, b.counts, eps_low=config.eps_low,
+                                      eps_high=config.eps_high, beta=config.beta,
+                                      ref_BT=None if b.ref_BT is None else b.ref_BT[i], weights_BT=weights,
                                       norm=config.loss_norm)
             self.backward(loss)
-            sampler = rb.per_token([r.logprobs for r in rollouts], rollouts, device)
-            gap = (old - sampler).abs() * valid  # old: this pass's own log-probs at mu = 1
-            sums += torch.stack([loss.detach().double(), stats.get("kl", torch.zeros((), device=device)).double(),
-                                 stats["clipped"].double(), stats["tokens"].double(),
-                                 (entropy.detach() * valid).sum().double(), gap.sum().double(),
-                                 valid.sum().double()])
+            gap = (old - mb.logprobs_BT).abs() * valid  # old: this pass's own log-probs at mu = 1
+            for key, value in (("loss", loss.detach()), ("kl", stats.get("kl", zero)), ("clipped", stats["clipped"]),
+                               ("tokens", stats["tokens"]), ("entropy", (entropy.detach() * valid).sum()),
+                               ("gap", gap.sum()), ("count", valid.sum())):
+                sums[key] = sums[key] + value.double()
             gap_max = torch.maximum(gap_max, gap.max().double() if gap.numel() else gap_max)
         out = self.optimizer_step()
         if self.ref is not None and config.ref_sync_every and self.step_count % config.ref_sync_every == 0:
             self._sync_reference()
-        loss, kl, clipped, tokens, entropy, gap, count = ad.all_reduce(sums).tolist()
+        sums = ad.all_reduce_sums(sums)
         gap_max = ad.all_reduce(gap_max, "max").item()
-        tokens, count = max(tokens, 1.0), max(count, 1.0)
-        row = {"loss": loss, "kl": kl / tokens, "clip_frac": clipped / tokens, "entropy": entropy / count, **out}
-        row.update(b.metrics)
+        tokens, count = max(sums["tokens"], 1.0), max(sums["count"], 1.0)
+        row = {"loss": sums["loss"], "kl": sums["kl"] / tokens, "clip_frac": sums["clipped"] / tokens,
+               "entropy": sums["entropy"] / count, **out, **b.metrics}
         if first:
-            row.update(logprob_gap_mean=gap / count, logprob_gap_max=gap_max)
+            row.update(logprob_gap_mean=sums["gap"] / count, logprob_gap_max=gap_max)
         else:  # the rollout batch's time and tokens belong to its first optimizer step
             row.update(rollout_s=0.0, reward_s=0.0, logprob_s=0.0, tokens=0.0)
         row["update_s"] = time.perf_counter() - t0

@@ -44,8 +44,6 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import torch
-
 import atlas.distributed as ad
 from atlas.model import Transformer
 from atlas.reward.clients import ChatRequest
@@ -53,7 +51,7 @@ from atlas.reward.rules import answer_match, extract_final_answer
 from atlas.rl.grpo import GRPO, GRPOConfig
 from atlas.sampler import SamplingParams
 from atlas.train.data import prompt_messages, reference_of
-from atlas.train.rollout import sample_rollouts
+from atlas.train.rollout import RolloutBatch, sample_rollouts
 
 DIAGNOSTIC_PROMPT = "{question}\nDescribe your approach in one sentence."
 TEACHER_PROMPT = ("Question: {question}\nThe student's approach: {diagnostic}\n"
@@ -177,8 +175,7 @@ class Teaching(GRPO):
         if config.reward_mode == "rim" and judge is None:
             raise ValueError("reward_mode 'rim' needs a judge: pass judge=atlas.reward.RIM(...)")
         self.student, self.judge = student_client, judge
-        super().__init__(teacher, tokenizer, [self.teaching_reward], config, ref_model)
-        self.stats = torch.zeros(8, dtype=torch.float64)
+        super().__init__(teacher, tokenizer, [], config, ref_model)  # rewards: `score`, from the student
         self.best: list[dict[str, Any]] = []
 
     # the student
@@ -193,23 +190,38 @@ class Teaching(GRPO):
             raise RuntimeError(f"the student failed {len(failed)} of {len(results)} calls, e.g. {failed[0]}")
         return [r.text for r in results]
 
-    def prompts_for(self, batch: list[Any], mine: list[int]) -> list[Any]:
+    def prompts_for(self, examples: list[Any], mine: list[int]) -> list[Any]:
         config = self.config
-        questions = [_question(batch[i]) for i in mine]
+        questions = [_question(examples[i]) for i in mine]
         baselines = self.ask(questions, config.student_max_new_tokens)
         diagnostics = self.ask([config.diagnostic_prompt.format(question=q) for q in questions],
                                config.diagnostic_max_new_tokens)
-        out: list[Any] = [None] * len(batch)
+        out: list[Any] = [None] * len(examples)
         for i, q, base, diag in zip(mine, questions, baselines, diagnostics):
             teacher_prompt = config.teacher_prompt.format(question=q, diagnostic=diag)
             out[i] = {"prompt": [{"role": "user", "content": teacher_prompt}], "question": q,
-                      "answers": reference_of(batch[i]), "baseline": base, "diagnostic": diag}
+                      "answers": reference_of(examples[i]), "baseline": base, "diagnostic": diag}
         return out
 
     # the reward
 
+    def score(self, batch: RolloutBatch) -> tuple[list[float], dict[str, float]]:
+        """The teaching rewards of a rollout batch and the recipe's metrics (over every rank)."""
+        rewards, counts, samples = self.teaching_reward(batch.prompts, batch.completions, **batch.columns)
+        self.best = sorted(self.best + samples, key=lambda x: -x["reward"])[:self.config.best_samples]
+        c = ad.all_reduce_sums(counts)
+        n = c["n"]
+        return rewards, {"baseline_accuracy": c["baseline_right"] / n, "taught_accuracy": c["taught_right"] / n,
+                         "accuracy_delta": (c["taught_right"] - c["baseline_right"]) / n,
+                         "improvement_rate": c["improved"] / n, "degradation_rate": c["degraded"] / n,
+                         "teaching_len": c["teaching_tokens"] / n, "leak_rate": c["leaked"] / n,
+                         "teaching_missing_frac": c["missing"] / n}
+
     def teaching_reward(self, prompts: list[Any], completions: list[str], *, question: list[str],
-                        answers: list[str], baseline: list[str], diagnostic: list[str]) -> list[float]:
+                        answers: list[str], baseline: list[str], diagnostic: list[str],
+                        ) -> tuple[list[float], dict[str, float], list[dict[str, Any]]]:
+        """(rewards, this rank's counts for the metrics, the scored teachings for best_teaching.json) of
+        completions to the teacher prompts; see the module docstring."""
         config = self.config
         teachings = [teaching_of(c) for c in completions]
         taught = self.ask([config.taught_prompt.format(question=q, teaching=t or "")
@@ -230,27 +242,16 @@ class Teaching(GRPO):
                                 baseline=pick(baseline), reference=pick(answers))
             for i, r in zip(honest, judged):
                 rewards[i] = r
-        lengths = [len(self.tokenizer.encode(t, add_special_tokens=False)) if t else 0 for t in teachings]
-        self.stats += torch.tensor([
-            sum(b >= 1 for b in base_right), sum(t >= 1 for t in taught_right),
-            sum(t >= 1 > b for b, t in zip(base_right, taught_right)),
-            sum(b >= 1 > t for b, t in zip(base_right, taught_right)), sum(lengths), sum(leaks),
-            sum(t is None for t in teachings), len(completions)], dtype=torch.float64)
-        for r, q, c, t, ta in zip(rewards, question, completions, teachings, taught):
-            self.best.append({"reward": r, "question": q, "teacher": c, "teaching": t, "student_after": ta,
-                              "step": self.step_count + 1})
-        self.best = sorted(self.best, key=lambda x: -x["reward"])[:config.best_samples]
-        return rewards
-
-    def _rollout(self, batch: list[Any]):
-        self.stats.zero_()
-        b = super()._rollout(batch)
-        (base, taught, improved, degraded, length, leaks, missing, n) = ad.all_reduce(
-            self.stats.to(ad.device())).tolist()
-        b.metrics.update(baseline_accuracy=base / n, taught_accuracy=taught / n, accuracy_delta=(taught - base) / n,
-                         improvement_rate=improved / n, degradation_rate=degraded / n, teaching_len=length / n,
-                         leak_rate=leaks / n, teaching_missing_frac=missing / n)
-        return b
+        counts = {"baseline_right": sum(b >= 1 for b in base_right), "taught_right": sum(t >= 1 for t in taught_right),
+                  "improved": sum(t >= 1 > b for b, t in zip(base_right, taught_right)),
+                  "degraded": sum(b >= 1 > t for b, t in zip(base_right, taught_right)),
+                  "teaching_tokens": sum(len(self.tokenizer.encode(t, add_special_tokens=False))
+                                         for t in teachings if t),
+                  "leaked": sum(leaks), "missing": sum(t is None for t in teachings), "n": len(completions)}
+        samples = [{"reward": r, "question": q, "teacher": c, "teaching": t, "student_after": ta,
+                    "step": self.step_count + 1} for r, q, c, t, ta in zip(rewards, question, completions, teachings,
+                                                                            taught)]
+        return rewards, counts, samples
 
     # evaluation and saving
 
@@ -261,21 +262,21 @@ class Teaching(GRPO):
         prompts = self.prompts_for(list(examples), mine)
         teacher_side = [prompts[i] for i in mine]
         params = SamplingParams(max_new_tokens=config.max_new_tokens, temperature=0)
-        rollouts = sample_rollouts(self.model, self.tokenizer, prompts, params, (config.seed, -1), self.sampler)
-        teachings = [teaching_of(r.text) or "" for r in rollouts]
+        batch = sample_rollouts(self.model, self.tokenizer, prompts, params, (config.seed, -1), self.sampler)
+        teachings = [teaching_of(text) or "" for text in batch.completions]
         taught = self.ask([config.taught_prompt.format(question=p["question"], teaching=t)
                            for p, t in zip(teacher_side, teachings)], config.student_max_new_tokens)
         answers = [p["answers"] for p in teacher_side]
         questions = [p["question"] for p in teacher_side]
         base = answer_match(questions, [p["baseline"] for p in teacher_side], answers=answers)
         after = answer_match(questions, taught, answers=answers)
-        sums = ad.all_reduce(torch.tensor([sum(base), sum(after), sum(t >= 1 > b for b, t in zip(base, after)),
-                                           sum(b >= 1 > t for b, t in zip(base, after)), len(base)],
-                                          dtype=torch.float64, device=ad.device())).tolist()
-        n = sums[4]
-        return {"baseline_accuracy": sums[0] / n, "taught_accuracy": sums[1] / n,
-                "accuracy_delta": (sums[1] - sums[0]) / n, "improvement_rate": sums[2] / n,
-                "degradation_rate": sums[3] / n, "n": int(n)}
+        c = ad.all_reduce_sums({"base": sum(base), "after": sum(after), "n": len(base),
+                                "improved": sum(t >= 1 > b for b, t in zip(base, after)),
+                                "degraded": sum(b >= 1 > t for b, t in zip(base, after))})
+        n = c["n"]
+        return {"baseline_accuracy": c["base"] / n, "taught_accuracy": c["after"] / n,
+                "accuracy_delta": (c["after"] - c["base"]) / n, "improvement_rate": c["improved"] / n,
+                "degradation_rate": c["degraded"] / n, "n": int(n)}
 
     def save(self) -> None:
         super().save()

@@ -24,20 +24,23 @@ Micro-batches: `micro_batches` turns a rank's sequences into batches of at most 
 padded ([B, T] with an attention mask) or packed into one row with `cu_seqlens` (positions restart per
 sequence and attention never crosses a boundary, so the loss is the unpacked one, with no compute spent
 on padding). Targets are next tokens at assistant positions, -100 elsewhere. Under FSDP2 every rank must
-run the same number of forward/backward passes, so `pad_micro_batches` adds empty ones (no target) where
-a rank has fewer.
+run the same number of forward/backward passes: `micro_batch_count` (the one place every trainer asks)
+says how many the rank with the most sequences needs, and `micro_batches` adds empty ones (no target)
+up to that count.
 
 Left out: dynamic batching by token budget, multimodal content, tool-call schemas in messages.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+import atlas.distributed as ad
 from atlas.model.tokenizer import Tokenizer, has_generation_blocks
 
 IGNORE = -100
@@ -81,6 +84,12 @@ def prompt_messages(example: Any) -> list[dict[str, Any]]:
             return messages
     raise ValueError(f"an example needs a prompt (an atlas.data.Example, or a dict with 'prompt' or 'messages'); "
                      f"got {str(example)[:120]!r}")
+
+
+def prompt_ids(tokenizer: Tokenizer, example: Any) -> list[int]:
+    """The ids a model is prompted with for an example: its prompt messages through the chat template, the
+    generation prompt added (what sampling, evaluation and the log-probabilities after it all use)."""
+    return tokenizer.apply_chat_template(prompt_messages(example), add_generation_prompt=True, tokenize=True)
 
 
 def reference_of(example: Any) -> str | None:
@@ -207,10 +216,6 @@ class MicroBatch:
     attention_mask_BT: torch.Tensor | None  # padded batches
     cu_seqlens: torch.Tensor | None  # packed batches (B = 1)
 
-    @property
-    def num_targets(self) -> int:
-        return int((self.targets_BT != IGNORE).sum())
-
     def forward_kwargs(self) -> dict[str, torch.Tensor]:
         if self.cu_seqlens is not None:
             return {"cu_seqlens": self.cu_seqlens}
@@ -222,9 +227,17 @@ def targets_of(ids: list[int], mask: list[int]) -> list[int]:
     return [ids[t + 1] if mask[t + 1] else IGNORE for t in range(len(ids) - 1)] + [IGNORE]
 
 
+def micro_batch_count(sequences: int, size: int, group: int = 1) -> int:
+    """Micro-batches every rank runs for a step of `sequences` over all ranks, split rank by rank in groups
+    of `group` that stay together (GRPO's G completions of a prompt): enough for the rank with the most."""
+    per_rank = math.ceil(sequences / group / ad.world_size()) * group
+    return max(1, math.ceil(per_rank / size))
+
+
 def micro_batches(sequences: Sequence[tuple[list[int], list[int]]], size: int, pack: bool, pad_id: int,
-                  device: torch.device | str = "cpu") -> list[MicroBatch]:
-    """Micro-batches of at most `size` (ids, assistant mask) sequences, in order; see the module docstring."""
+                  device: torch.device | str = "cpu", count: int = 0) -> list[MicroBatch]:
+    """Micro-batches of at most `size` (ids, assistant mask) sequences, in order, then empty ones (one pad
+    token, no target) up to `count`; see the module docstring."""
     out = []
     for s in range(0, len(sequences), size):
         group = sequences[s:s + size]
@@ -247,12 +260,6 @@ def micro_batches(sequences: Sequence[tuple[list[int], list[int]]], size: int, p
             mask_BT[b, :len(ids)] = 1
         padded = not bool(mask_BT.all())
         out.append(MicroBatch(ids_BT.to(device), targets_BT.to(device), mask_BT.to(device) if padded else None, None))
-    return out
-
-
-def pad_micro_batches(batches: list[MicroBatch], count: int, pad_id: int,
-                      device: torch.device | str) -> list[MicroBatch]:
-    """Append empty micro-batches (one pad token, no target) up to `count`."""
     empty = MicroBatch(torch.full((1, 1), pad_id, device=device), torch.full((1, 1), IGNORE, device=device), None,
                        None)
-    return batches + [empty] * (count - len(batches))
+    return out + [empty] * (count - len(out))

@@ -29,7 +29,7 @@ import torch
 
 import atlas.distributed as ad
 from atlas.sampler import Sampler, SamplingParams
-from atlas.train.data import prompt_messages, reward_inputs
+from atlas.train.data import prompt_ids, reward_inputs
 
 
 def greedy_answers(model, tokenizer, examples: Sequence[Any], max_new_tokens: int,
@@ -43,8 +43,7 @@ def greedy_answers(model, tokenizer, examples: Sequence[Any], max_new_tokens: in
     for c in range(calls):
         chunk = mine[c * batch_size:(c + 1) * batch_size]
         padded = chunk or [0]  # an empty share still joins the call (its all-gather)
-        ids = [tokenizer.apply_chat_template(prompt_messages(examples[i]), add_generation_prompt=True, tokenize=True)
-               for i in padded]
+        ids = [prompt_ids(tokenizer, examples[i]) for i in padded]
         completions = sampler.generate(ids, params)
         texts = tokenizer.decode_batch([o.token_ids for o in completions], skip_special_tokens=True)
         out += [(i, t, len(o.token_ids)) for i, t, o in zip(chunk, texts, completions)]

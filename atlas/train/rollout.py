@@ -1,38 +1,42 @@
-"""Rollouts: completions sampled from a step's prompts on the trainer's own model, and the sequences the
-trainer then scores (GRPO and GKD both use them).
+"""Rollouts: completions sampled from a step's prompts on the trainer's own model, and the micro-batches the
+trainer scores them in (GRPO and GKD both use them).
 
-    rollouts = sample_rollouts(model, tokenizer, batch, params, seed=(config.seed, step))
-    for rb in rollout_batches(rollouts, micro_batch_size, pad_id, device):
-        hidden = model(rb.micro.input_ids_BT, return_hidden=True, attention_mask_BT=...)
-        logp_BT = model.token_logprobs(hidden, rb.micro.targets_BT)     # 0 off the completion tokens
+    batch = sample_rollouts(model, tokenizer, examples, params, seed=(config.seed, step))  # RolloutBatch
+    batch.prompts, batch.completions, batch.columns          # the reward functions' arguments, built once
+    for mb in rollout_micro_batches(batch.rollouts, size, pad_id, device, count):
+        hidden = model(mb.micro.input_ids_BT, return_hidden=True, **mb.micro.forward_kwargs())
+        logp_BT = model.token_logprobs(hidden, mb.micro.targets_BT)    # 0 off the completion tokens
 
-Prompts: each example's prompt messages rendered by the chat template with the generation prompt; the
-same ids are what the completion was sampled from and what log-probabilities are computed on (prompt +
-completion, one sequence), so the model is trained on exactly the context it was sampled in. Under
-torchrun each rank samples its share of the step's prompts (rank-strided by the prompt's index in the
-global batch), all `n` completions of a prompt on the same rank, each prompt with its own random stream
-`stream_seed(*seed, global index)`: a 2-process run samples exactly what 1 process does. Completions are
-decoded without special tokens for the reward functions; the ids keep the end-of-turn token, which is
-trained (the model learns to stop). Sequences are right-padded into micro-batches of at most `size`;
-token-level values (sampler log-probabilities, old/ref log-probabilities) sit at the target positions
-(`per_token`), i.e. position p - 1 holds the value for the token at p. Every rank gets the same number
-of micro-batches (`count`), padded with empty ones, because every FSDP2 forward is a collective.
+Prompts: each example's prompt ids (`atlas.train.data.prompt_ids`, rendered once per prompt) are what the
+completion was sampled from and what log-probabilities are computed on (prompt + completion, one
+sequence), so the model is trained on exactly the context it was sampled in. Under torchrun each rank
+samples its share of the step's prompts (rank-strided by the prompt's index in the global batch), all `n`
+completions of a prompt on the same rank, each prompt with its own random stream `stream_seed(*seed,
+global index)`: a 2-process run samples exactly what 1 process does. Completions are decoded without
+special tokens for the reward functions; the ids keep the end-of-turn token, which is trained (the model
+learns to stop). A `RolloutBatch` holds the rollouts with the reward functions' `(prompts, **columns)`
+(`atlas.train.data.reward_inputs`), one entry per completion.
+
+Micro-batches: sequences right-padded in micro-batches of at most `size`; the sampler's per-token
+log-probabilities (of the full and of the sampled distribution) are placed at the target positions once,
+as tensors (position p - 1 holds the value for the token at p), beside the ids; a trainer's own per-token
+tensors (old and reference log-probabilities) are laid out the same way. Every rank gets `count`
+micro-batches (empty ones pad), because every FSDP2 forward is a collective.
 
 Left out: multi-turn rollouts with tool calls, rollouts served by another engine.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 import atlas.distributed as ad
 from atlas.sampler import Sampler, SamplingParams, stream_seed
-from atlas.train.data import MicroBatch, micro_batches, pad_micro_batches, prompt_messages
+from atlas.train.data import MicroBatch, micro_batches, prompt_ids, reward_inputs
 
 
 @dataclass
@@ -51,55 +55,77 @@ class Rollout:
         return self.prompt_ids + self.completion_ids
 
 
-def prompt_ids(tokenizer, example: Any) -> list[int]:
-    return tokenizer.apply_chat_template(prompt_messages(example), add_generation_prompt=True, tokenize=True)
+@dataclass
+class RolloutBatch:
+    """This rank's rollouts of one step, prompt-major, and the reward functions' arguments (one entry per
+    rollout): built once, read by every stage after sampling."""
+
+    rollouts: list[Rollout]
+    prompts: list[Any] = field(default_factory=list)
+    columns: dict[str, list[Any]] = field(default_factory=dict)
+
+    @property
+    def completions(self) -> list[str]:
+        return [r.text for r in self.rollouts]
 
 
-def sample_rollouts(model, tokenizer, batch: Sequence[Any], params: SamplingParams, seed: tuple[int, ...],
-                    sampler: Sampler | None = None) -> list[Rollout]:
-    """This rank's rollouts of the global `batch` (n = params.n per prompt), prompt-major."""
-    mine = list(range(ad.rank(), len(batch), ad.world_size()))
+def sample_rollouts(model, tokenizer, examples: Sequence[Any], params: SamplingParams, seed: tuple[int, ...],
+                    sampler: Sampler | None = None) -> RolloutBatch:
+    """This rank's rollouts of the global batch `examples` (n = params.n per prompt); see the module docstring."""
+    mine = list(range(ad.rank(), len(examples), ad.world_size()))
     if not mine:
-        raise ValueError(f"{len(batch)} prompts per step cannot feed {ad.world_size()} ranks: give every rank at "
-                         "least one prompt (prompts_per_step >= world size)")
-    ids = [prompt_ids(tokenizer, batch[i]) for i in mine]
+        raise ValueError(f"{len(examples)} prompts per step cannot feed {ad.world_size()} ranks: give every rank "
+                         "at least one prompt (prompts_per_step >= world size)")
+    ids = [prompt_ids(tokenizer, examples[i]) for i in mine]
     sampler = sampler or Sampler(model, tokenizer)
     outs = sampler.generate(ids, params, prompt_seeds=[stream_seed(*seed, i) for i in mine])
     texts = tokenizer.decode_batch([o.token_ids for o in outs], skip_special_tokens=True)
-    return [Rollout(mine[o.prompt_index], j % params.n, ids[o.prompt_index], o.token_ids, o.logprobs,
-                    o.sampled_logprobs, o.finish_reason == "length", text)
-            for j, (o, text) in enumerate(zip(outs, texts))]
+    rollouts = [Rollout(mine[o.prompt_index], j % params.n, ids[o.prompt_index], o.token_ids, o.logprobs,
+                        o.sampled_logprobs, o.finish_reason == "length", text)
+                for j, (o, text) in enumerate(zip(outs, texts))]
+    prompts, columns = reward_inputs([examples[r.prompt_index] for r in rollouts])
+    return RolloutBatch(rollouts, prompts, columns)
 
 
 @dataclass
-class RolloutBatch:
+class RolloutMicroBatch:
+    """One micro-batch of rollout sequences, with the sampler's log-probabilities laid out as its targets."""
+
     micro: MicroBatch
     rows: list[int]  # indices into the rollout list; [] for an empty (padding) micro-batch
+    logprobs_BT: torch.Tensor  # the sampler's, full distribution, fp32, 0 off the completion
+    sampled_logprobs_BT: torch.Tensor  # under the distribution sampled (truncation), the same layout
 
-    def per_token(self, values: Sequence[Sequence[float]], rollouts: Sequence[Rollout],
-                  device: torch.device | str) -> torch.Tensor:
-        """values[r][j] (one per completion token of rollout r) placed at the target positions, [B, T] fp32."""
+    @property
+    def valid_BT(self) -> torch.Tensor:
+        return self.micro.targets_BT != -100
+
+    def place(self, values: Sequence[Sequence[float]], rollouts: Sequence[Rollout]) -> torch.Tensor:
+        """values[r][j] (one per completion token of rollout r) at the target positions, [B, T] fp32."""
         out = torch.zeros(self.micro.targets_BT.shape, dtype=torch.float32)
         for b, r in enumerate(self.rows):
             start = len(rollouts[r].prompt_ids) - 1
             out[b, start:start + len(values[r])] = torch.tensor(values[r], dtype=torch.float32)
-        return out.to(device)
+        return out.to(self.micro.targets_BT.device)
+
+    def take(self, values_BT: torch.Tensor, rollouts: Sequence[Rollout]) -> dict[int, list[float]]:
+        """The inverse of `place`: {rollout index: its completion tokens' values}."""
+        out = values_BT.cpu()
+        return {r: out[b, len(rollouts[r].prompt_ids) - 1:][:len(rollouts[r].completion_ids)].tolist()
+                for b, r in enumerate(self.rows)}
 
 
-def rollout_batches(rollouts: Sequence[Rollout], size: int, pad_id: int, device: torch.device | str,
-                    count: int, masked: Sequence[bool] | None = None) -> list[RolloutBatch]:
+def rollout_micro_batches(rollouts: Sequence[Rollout], size: int, pad_id: int, device: torch.device | str,
+                          count: int, masked: Sequence[bool] | None = None) -> list[RolloutMicroBatch]:
     """`count` micro-batches of this rank's rollouts (prompt + completion, targets on the completion);
     rollouts with `masked[r]` get no target (e.g. truncated completions when those are masked)."""
-    seqs = []
-    for r, ro in enumerate(rollouts):
-        keep = 0 if masked is not None and masked[r] else 1
-        seqs.append((ro.sequence, [0] * len(ro.prompt_ids) + [keep] * len(ro.completion_ids)))
-    micro = micro_batches(seqs, size, pack=False, pad_id=pad_id, device=device)
+    seqs = [(r.sequence, [0] * len(r.prompt_ids) + [0 if masked is not None and masked[i] else 1]
+             * len(r.completion_ids)) for i, r in enumerate(rollouts)]
     rows = [list(range(s, min(s + size, len(rollouts)))) for s in range(0, len(rollouts), size)]
-    padded = pad_micro_batches(micro, count, pad_id, device)
-    return [RolloutBatch(mb, rows[i] if i < len(rows) else []) for i, mb in enumerate(padded)]
-
-
-def micro_batch_count(sequences_per_rank_max: int, size: int) -> int:
-    """Micro-batches every rank runs: enough for the rank with the most sequences."""
-    return max(1, math.ceil(sequences_per_rank_max / size))
+    out = []
+    for i, micro in enumerate(micro_batches(seqs, size, pack=False, pad_id=pad_id, device=device, count=count)):
+        mb = RolloutMicroBatch(micro, rows[i] if i < len(rows) else [], None, None)
+        mb.logprobs_BT = mb.place([r.logprobs for r in rollouts], rollouts)
+        mb.sampled_logprobs_BT = mb.place([r.sampled_logprobs for r in rollouts], rollouts)
+        out.append(mb)
+    return out

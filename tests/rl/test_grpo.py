@@ -75,7 +75,7 @@ def test_resume_after_sigterm_mid_cycle_continues_the_exact_run(tmp_path, mu, re
     cut.step = step_then_sigterm
     out = cut.train(EXAMPLES)
     assert out["interrupted"] and out["step"] == 3
-    assert (cut.buffer is not None and cut.buffer.inner == 1) if mu == 2 else cut.buffer is None
+    assert (cut.rollout_batch is not None and cut.rollout_batch.inner == 1) if mu == 2 else cut.rollout_batch is None
     resumed = _grpo(tmp_path / "cut", resume=True, **settings)
     resumed.train(EXAMPLES)
     got = read_metrics(tmp_path / "cut" / "run" / "metrics.jsonl")
@@ -96,11 +96,11 @@ def test_truncated_importance_weights_are_the_kept_mass(tmp_path, monkeypatch):
 
     real_rollouts = grpo_module.sample_rollouts
     monkeypatch.setattr(grpo_module, "policy_loss", spy)
-    monkeypatch.setattr(grpo_module, "sample_rollouts", lambda *a: seen.setdefault("rollouts", real_rollouts(*a)))
+    monkeypatch.setattr(grpo_module, "sample_rollouts", lambda *a: seen.setdefault("batch", real_rollouts(*a)))
     top_k, T = 4, 1.3
     trainer = _grpo(tmp_path, temperature=T, top_k=top_k, tis_cap=1e9, beta=0.0, micro_batch_size=16, lr=1e-9)
     trainer.step(EXAMPLES[:4])
-    (weights,), rollouts = seen["weights"], seen["rollouts"]
+    (weights,), rollouts = seen["weights"], seen["batch"].rollouts
     model = trainer.model
     checked = []
     for b, r in enumerate(rollouts):

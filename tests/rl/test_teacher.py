@@ -56,7 +56,7 @@ def test_each_stage_receives_what_it_should_and_the_loss_uses_the_sampled_prompt
         trainer.model.forward = lambda ids, **kw: forwards.append(ids.tolist()) or real_forward(ids, **kw)
         row = trainer.step(QUESTIONS)
         requests = [b["messages"][-1]["content"] for b in server.requests]
-    rollouts = seen[0]
+    rollouts = seen[0].rollouts
     tok = trainer.tokenizer
     for r in rollouts:
         prompt = tok.decode(r.prompt_ids)
@@ -144,8 +144,9 @@ def test_no_leaking_teaching_scores_above_the_worst_honest_outcome(tmp_path, mod
         config = TeacherConfig(output_dir=str(tmp_path / "run"), beta=0.0, reward_mode=mode)
         trainer = Teaching(am.from_pretrained(path), am.Tokenizer.from_pretrained(path),
                            HTTPChatClient(student.base_url), config, judge=rim)
-        rewards = trainer.teaching_reward([q] * n, completions, question=[q] * n, answers=[str(answer)] * n,
-                                          baseline=baselines, diagnostic=[DIAGNOSTIC] * n)
+        rewards, counts, _ = trainer.teaching_reward([q] * n, completions, question=[q] * n,
+                                                     answers=[str(answer)] * n, baseline=baselines,
+                                                     diagnostic=[DIAGNOSTIC] * n)
         judged = [b["messages"][-1]["content"] for b in judges.requests]
     honest = [r for r, (_, _, leaked) in zip(rewards, CASES) if not leaked]
     leaks = [r for r, (_, _, leaked) in zip(rewards, CASES) if leaked]
@@ -158,6 +159,7 @@ def test_no_leaking_teaching_scores_above_the_worst_honest_outcome(tmp_path, mod
         assert judged and not any(f"so it is {answer}" in j for j in judged)  # leaks are not judged at all
     assert leaks == [floor - 1.0] * 4 and max(leaks) < min(honest) and min(honest) >= floor
     assert rewards[-1] == floor  # no <teaching> block: the minimum, no more than an honest failure
+    assert (counts["leaked"], counts["missing"], counts["n"]) == (4, 1, 9)
 
 
 def test_a_short_embedded_run_makes_the_teaching_help(tmp_path):

@@ -24,10 +24,31 @@ def _gkd(tmp_path, teacher=None, **overrides):
     return GKD(am.from_pretrained(model_path("student")), teacher, TOK, config, reward_fn=task.reward)
 
 
-def _scored(trainer):
+def _record(trainer):
+    """Observe the step: the student's forward inputs and the JSD's mask (the targets), as the calls
+    GKD makes. Returns a list that fills with (ids, targets) per micro-batch."""
+    record, forward, jsd = [], trainer.model.forward, trainer.model.generalized_jsd
+    pending = []
+
+    def seen_forward(ids, **kwargs):
+        pending.append(ids.tolist())
+        return forward(ids, **kwargs)
+
+    def seen_jsd(*args, mask, **kwargs):
+        ids = pending.pop()
+        targets = [[row[t + 1] if m else -100 for t, m in enumerate(masks[:-1])] + [-100]
+                   for row, masks in zip(ids, mask.tolist())]
+        record.append((ids, targets))
+        return jsd(*args, mask=mask, **kwargs)
+
+    trainer.model.forward, trainer.model.generalized_jsd = seen_forward, seen_jsd
+    return record
+
+
+def _scored(record):
     """The (ids, targets) of every row the student was trained on in the last step."""
     rows = []
-    for ids_BT, targets_BT in trainer.record:
+    for ids_BT, targets_BT in record:
         for ids, targets in zip(ids_BT, targets_BT):
             rows.append((ids, targets))
     return rows
@@ -36,12 +57,12 @@ def _scored(trainer):
 @pytest.mark.parametrize("beta, temperature", [(0.5, 1.0), (0.0, 2.0), (1.0, 0.7)])
 def test_loss_equals_generalized_jsd_on_full_logits(tmp_path, beta, temperature):
     trainer = _gkd(tmp_path, lmbda=0.0, beta=beta, loss_temperature=temperature)
-    trainer.record = []
+    record = _record(trainer)
     student = am.from_pretrained(model_path("student"))
     teacher = am.from_pretrained(model_path("teacher"))
     row = trainer.step(EXAMPLES[:4])
     total, count = 0.0, 0
-    for ids, targets in _scored(trainer):
+    for ids, targets in _scored(record):
         ids_T, mask_T = torch.tensor(ids), torch.tensor(targets) != -100
         with torch.no_grad():
             # over the tokenizer's entries: the embeddings' padding rows are no token
@@ -54,28 +75,28 @@ def test_loss_equals_generalized_jsd_on_full_logits(tmp_path, beta, temperature)
 
 def test_lmbda_0_trains_on_the_data_and_lmbda_1_on_the_students_samples(tmp_path):
     off = _gkd(tmp_path / "off", lmbda=0.0)
-    off.record = []
+    record = _record(off)
     assert off.step(EXAMPLES[:4])["on_policy"] == 0
-    completions = sorted(TOK.decode([t for t in targets if t != -100]) for _, targets in _scored(off))
+    completions = sorted(TOK.decode([t for t in targets if t != -100]) for _, targets in _scored(record))
     assert completions == sorted(e.completion + "<|im_end|>" for e in EXAMPLES[:4])
 
     on = _gkd(tmp_path / "on", lmbda=1.0)
-    on.record = []
+    record = _record(on)
     expected = sample_rollouts(am.from_pretrained(model_path("student")), TOK, EXAMPLES[:4],
-                               SamplingParams(max_new_tokens=10, temperature=0.9), (2, 1))
+                               SamplingParams(max_new_tokens=10, temperature=0.9), (2, 1)).rollouts
     assert on.step(EXAMPLES[:4])["on_policy"] == 1
-    trained = sorted(tuple(t for t in targets if t != -100) for _, targets in _scored(on))
+    trained = sorted(tuple(t for t in targets if t != -100) for _, targets in _scored(record))
     assert trained == sorted(tuple(r.completion_ids) for r in expected)
     assert trained != sorted(tuple(TOK.encode(e.completion)) for e in EXAMPLES[:4])
 
 
 def test_the_teacher_scores_exactly_the_students_tokens(tmp_path):
     trainer = _gkd(tmp_path, lmbda=1.0)
-    trainer.record, seen = [], []
+    record, seen = _record(trainer), []
     real = trainer.teacher.forward
     trainer.teacher.forward = lambda ids, **kw: seen.append(ids.tolist()) or real(ids, **kw)
     trainer.step(EXAMPLES[:4])
-    assert seen == [ids for ids, _ in trainer.record] and len(seen) == 2  # 4 rows in micro-batches of 3
+    assert seen == [ids for ids, _ in record] and len(seen) == 2  # 4 rows in micro-batches of 3
 
 
 def test_vocabulary_mismatches_are_refused(tmp_path):
