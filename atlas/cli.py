@@ -1,15 +1,21 @@
-"""The `atlas` command (also `python -m atlas.cli`).
+"""The `atlas` command (also `python -m atlas.cli`), and the command line every example shares.
 
     atlas traces stats SOURCE [--review-status S ...] [--status S ...] [--min-reward X]
                               [--learning-key K] [--created-after ISO] [--limit N] [--skip-malformed] [--json]
     atlas train RECIPE.yaml [--dry-run] [key=value ...]    # traces=SOURCE, min_reward=0.8, lr=1e-5, model=...
     atlas eval CHECKPOINT [--config RECIPE.yaml] [key=value ...]   # held-out success rate, mean tokens
     atlas plot RUN_DIR [--out FILE.png]                    # curves of metrics.jsonl
+    python examples/grpo.py [--config RECIPE.yaml] [--dry-run] [--model M] [--output-dir DIR] [key=value ...]
 
-Each command is a subparser whose handler takes the parsed arguments and returns the exit code; later
-commands (`atlas train ...`) are added the same way in `build_parser`. Bad input (a malformed trace, an
-unreachable database) ends with a one-line error on stderr and exit code 2 (1 for connection failures),
-not a traceback.
+Each command is a subparser whose handler takes the parsed arguments and returns the exit code. A recipe's
+command line (`--dry-run` and `key=value` overrides, atlas.recipes' shorthands) is defined once
+(`add_recipe_arguments`) for `atlas train` and for the examples (`run_example`: configs/<name>.yaml, the
+example's own flags such as `--model`, then its training function in plain API calls). Running a recipe
+prints its closing lines on global rank 0 (`report_lines`: the reward over the first and last tenth of
+the steps, the evaluations before and after, the HF checkpoint); `--dry-run` prints one JSON object
+instead (the resolved recipe, the data kept and excluded, one rendered prompt), loading no weights.
+Bad input (a malformed trace, an unreachable database, a misspelt key) ends with a one-line error on
+stderr and exit code 2 (1 for connection failures), not a traceback.
 
 Left out: shell completion.
 """
@@ -20,9 +26,19 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "run_example"]
+
+
+def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    """--dry-run and the key=value overrides: a recipe's command line, for `atlas train` and the examples."""
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the resolved recipe and what it would train on, then exit (offline)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="recipe overrides: traces=SOURCE, data filters (min_reward=...), model=..., lr=...")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,9 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         "filters (review_status=, min_reward=, status=, learning_key=, limit=), recipe keys (model=, teacher=, "
         "reward=) and trainer keys (lr=, max_steps=, output_dir=, resume=true, ...).")
     train.add_argument("recipe", help="a recipe YAML")
-    train.add_argument("--dry-run", action="store_true",
-                       help="print the resolved recipe and what it would train on, then exit (offline)")
-    train.add_argument("overrides", nargs="*", metavar="key=value")
+    add_recipe_arguments(train)
     train.set_defaults(handler=_train)
 
     ev = commands.add_parser("eval", help="held-out greedy success rate and mean tokens of a checkpoint",
@@ -78,17 +92,175 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _train(args: argparse.Namespace) -> int:
-    from atlas.recipes import execute, expand_overrides, load_recipe
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = _parse(parser, argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
+    return _guarded(lambda: args.handler(args))
 
-    return execute(load_recipe(args.recipe, expand_overrides(args.overrides)), dry_run=args.dry_run)
+
+def run_example(name: str, train: Callable[[Any], dict[str, Any]], flags: dict[str, str],
+                argv: Sequence[str] | None = None) -> int:
+    """An example's command line: [--config FILE] [--dry-run] [its flags] [key=value ...] over
+    configs/<name>.yaml (`flags` maps its own options, e.g. "--model", to recipe keys, e.g. "model"); then
+    `train(recipe)` (the example's own API calls, returning `Trainer.train`'s result) under torchrun or
+    plain python, and the closing lines."""
+    from atlas.recipes import load_recipe
+
+    parser = argparse.ArgumentParser(description=f"run the {name} recipe")
+    parser.add_argument("--config", help=f"a recipe YAML (default: configs/{name}.yaml)")
+    for flag, key in flags.items():
+        parser.add_argument(flag, dest=key.replace(".", "__"), metavar=key.upper().split(".")[-1], help=f"sets {key}")
+    add_recipe_arguments(parser)
+    args = _parse(parser, argv)
+    overrides = [f"{key}={value}" for key in flags.values()
+                 if (value := getattr(args, key.replace(".", "__"))) is not None]
+    return _guarded(lambda: _execute(load_recipe(args.config, overrides + args.overrides, default=name),
+                                     args.dry_run, train))
+
+
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """parse_known_args, then key=value overrides that came after an option (`train R.yaml --dry-run x=1`)."""
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def _guarded(run: Callable[[], int]) -> int:
+    try:
+        return run()
+    except ConnectionError as exc:
+        print(f"atlas: error: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"atlas: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _execute(recipe, dry_run: bool, train: Callable[[Any], dict[str, Any]]) -> int:
+    """Run (or describe) a recipe with `train`, printing its closing lines on global rank 0."""
+    import atlas.distributed as ad
+    from atlas.train.metrics import read_metrics
+
+    try:
+        if dry_run:
+            print(json.dumps(dry_run_report(recipe), indent=2, default=str))
+            return 0
+        ad.init()
+        ad.setup_logging()
+        result = train(recipe)
+        if ad.is_main():
+            rows = read_metrics(Path(recipe.train.output_dir) / "metrics.jsonl")
+            print("\n".join(report_lines(summarize(rows), result)))
+        return 0
+    finally:
+        ad.shutdown()
+
+
+def _train(args: argparse.Namespace) -> int:
+    from atlas.recipes import build, load_recipe
+
+    def train(recipe):
+        trainer, train_examples, eval_examples, _ = build(recipe)
+        return trainer.train(train_examples, eval_examples)
+
+    return _execute(load_recipe(args.recipe, args.overrides), args.dry_run, train)
+
+
+def dry_run_report(recipe) -> dict[str, Any]:
+    """What a run would do, without loading weights or training: the resolved recipe, the data (sessions
+    kept and excluded by reason, examples per split) and one rendered prompt."""
+    import atlas.model as am
+    from atlas.recipes import describe, load_data
+    from atlas.train.data import prompt_messages
+
+    train, evals, report = load_data(recipe, allow_empty=True)
+    tokenizer = am.Tokenizer.from_pretrained(recipe.path(recipe.model), chat_template=recipe.chat_template)
+    notes = []
+    for name, split, small in (("train", train, 1), ("eval", evals, 20)):
+        if len(split) < small or not split:
+            notes.append(f"the {name} split is {'empty' if not split else 'small'} ({len(split)} examples)")
+    sample = None
+    if train or evals:
+        messages = prompt_messages((train or evals)[0])
+        if recipe.recipe == "teacher":  # what the teacher is prompted with; the diagnostic comes at run time
+            question = [m["content"] for m in messages if m["role"] == "user"][-1]
+            messages = [{"role": "user", "content": recipe.train.teacher_prompt.format(
+                question=question, diagnostic="<the student's diagnostic>")}]
+        sample = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    return {"recipe": describe(recipe), "data": report, "sample_prompt": sample, "notes": notes}
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The first and last tenth of the steps' rewards, and the first and last evaluation."""
+    steps = [r for r in rows if not any(k.startswith("eval_") for k in r)]
+    evals = [r for r in rows if any(k.startswith("eval_") for k in r)]
+    out: dict[str, Any] = {"steps": len(steps)}
+    if steps and "reward_mean" in steps[0]:
+        tenth = max(1, len(steps) // 10)
+        out["reward_first_10pct"] = sum(r["reward_mean"] for r in steps[:tenth]) / tenth
+        out["reward_last_10pct"] = sum(r["reward_mean"] for r in steps[-tenth:]) / tenth
+    if steps and "loss" in steps[0]:
+        out["loss_first"], out["loss_last"] = steps[0]["loss"], steps[-1]["loss"]
+    if evals:
+        out["eval_before"] = {k: v for k, v in evals[0].items() if k.startswith("eval_")}
+        out["eval_after"] = {k: v for k, v in evals[-1].items() if k.startswith("eval_")}
+    return out
+
+
+def report_lines(s: dict[str, Any], result: dict[str, Any]) -> list[str]:
+    """The closing lines of a run: its summary (`summarize`) and `Trainer.train`'s result."""
+    lines = []
+    if "reward_first_10pct" in s:
+        lines.append(f"reward: first 10% of steps {s['reward_first_10pct']:.3f}, last 10% {s['reward_last_10pct']:.3f} "
+                     f"({s['reward_last_10pct'] - s['reward_first_10pct']:+.3f}) over {s['steps']} steps")
+    before, after = s.get("eval_before", {}), s.get("eval_after", {})
+    if "eval_loss" in before:
+        lines.append(f"held-out loss: {before['eval_loss']:.4f} before, {after['eval_loss']:.4f} after")
+    if "eval_success_rate" in before:
+        lines.append(f"held-out accuracy: {before['eval_success_rate']:.1%} before, {after['eval_success_rate']:.1%} "
+                     f"after ({after['eval_n']} questions, greedy); mean completion tokens "
+                     f"{before['eval_mean_tokens']:.1f} -> {after['eval_mean_tokens']:.1f}")
+    if "eval_taught_accuracy" in before:
+        lines.append(f"student held-out accuracy alone / with the teacher's teaching: start "
+                     f"{before['eval_baseline_accuracy']:.1%} / {before['eval_taught_accuracy']:.1%}, end "
+                     f"{after['eval_baseline_accuracy']:.1%} / {after['eval_taught_accuracy']:.1%} "
+                     f"({after['eval_n']} questions, greedy)")
+    if "eval_teacher_success_rate" in after:
+        lines.append(f"teacher (the ceiling): {after['eval_teacher_success_rate']:.1%} held-out, mean completion "
+                     f"tokens {after['eval_teacher_mean_tokens']:.1f}; student success delta "
+                     f"{after['eval_success_delta']:+.1f} points, "
+                     f"token reduction {after['eval_token_reduction_pct']:.1f}%")
+    if result.get("interrupted"):
+        lines.append("interrupted by SIGTERM: the resume state is saved; rerun with resume=true to continue")
+    lines.append(f"HF checkpoint: {result['hf']}")
+    return lines
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from atlas.recipes import evaluate_checkpoint, expand_overrides, load_recipe
+    """Held-out greedy success rate and mean tokens of a checkpoint on a recipe's eval split (the split
+    `atlas train` held out with the same data settings), by the recipe's reward (rule or rim)."""
+    import atlas.distributed as ad
+    import atlas.model as am
+    from atlas.recipes import load_data, load_recipe, resolve_path
+    from atlas.reward import answer_match, judge_reward
+    from atlas.train.evaluate import greedy_eval
 
-    result = evaluate_checkpoint(args.checkpoint, load_recipe(args.config, expand_overrides(args.overrides),
-                                                              default="grpo"))
+    recipe = load_recipe(args.config, args.overrides, default="grpo")
+    _, evals, report = load_data(recipe)
+    if not evals:
+        raise ValueError(f"the eval split of {recipe.data.source!r} is empty with these filters: {report}")
+    path = resolve_path(args.checkpoint, ".")
+    ad.init()
+    model = am.from_pretrained(path, device=ad.device())
+    tokenizer = am.Tokenizer.from_pretrained(path, chat_template=recipe.chat_template)
+    train = recipe.train
+    max_new = getattr(train, "eval_max_new_tokens", None) or getattr(train, "max_new_tokens", 256)
+    result = {"checkpoint": path, **greedy_eval(model, tokenizer, evals, judge_reward() if recipe.reward == "rim"
+                                                else answer_match, max_new_tokens=max_new)}
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -114,25 +286,6 @@ def _traces_stats(args: argparse.Namespace) -> int:
     )  # fmt: skip
     print(json.dumps(stats.as_dict(), indent=2) if args.json else stats.to_text())
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    # key=value overrides may come after an option (`train R.yaml --dry-run traces=x`): argparse leaves those
-    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
-        args.overrides = [*args.overrides, *extra]
-    elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
-    try:
-        return args.handler(args)
-    except ConnectionError as exc:
-        print(f"atlas: error: {exc}", file=sys.stderr)
-        return 1
-    except ValueError as exc:
-        print(f"atlas: error: {exc}", file=sys.stderr)
-        return 2
 
 
 if __name__ == "__main__":

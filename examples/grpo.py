@@ -12,16 +12,28 @@ Across two nodes (8 GPUs each), with torchrun's rendezvous, the same command on 
     torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=NODE0_HOST:29500 \\
         --rdzv_id=grpo-run examples/grpo.py --config my_grpo.yaml
 
-It is a preset of `atlas train configs/grpo.yaml` (atlas.recipes): the embedded student (10-40% held-out)
-learns two-digit addition from the exact rule reward. The last lines report the mean reward over the
-first and last 10% of the steps, the held-out accuracy before and after, and where the HF checkpoint is.
+The settings are configs/grpo.yaml's (`atlas train configs/grpo.yaml` runs the same recipe): the embedded
+student (10-40% held-out) learns two-digit addition from the exact rule reward. `train` below is the
+whole run in the API's own calls; the last lines report the mean reward over the first and last 10% of
+the steps, the held-out accuracy before and after, and where the HF checkpoint is.
 """
 
 import sys
 
-from atlas.recipes import main
+from atlas.cli import run_example
+from atlas.recipes import load_data, load_model
+from atlas.reward import answer_match, judge_reward
+from atlas.rl import GRPO
+
+
+def train(recipe):
+    train_examples, eval_examples, _ = load_data(recipe)  # the embedded task, or your (review-gated) traces
+    model, tokenizer = load_model(recipe, recipe.model)  # fp32 master weights; sharded under torchrun
+    reward = judge_reward() if recipe.reward == "rim" else answer_match  # RIM judges, or the exact rule
+    return GRPO(model, tokenizer, reward, recipe.train).train(train_examples, eval_examples)
+
 
 FLAGS = {"--model": "model", "--traces": "data.source", "--reward": "reward", "--output-dir": "train.output_dir"}
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:], default="grpo", flags=FLAGS))
+    sys.exit(run_example("grpo", train, FLAGS))

@@ -96,7 +96,7 @@ def test_bad_recipes_fail_with_one_line(tmp_path, capsys):
 
 def test_grpo_with_rim_judges_maps_the_columns_to_context_keys(tmp_path, monkeypatch):
     """--reward rim: the references reach the judges as `reference`; the judges' scores are the rewards."""
-    from atlas.recipes import load_recipe, run
+    from atlas.cli import main
     from atlas.train.metrics import read_metrics
     from tests.reward.server import Reply, ScriptedServer, evaluation
 
@@ -104,10 +104,9 @@ def test_grpo_with_rim_judges_maps_the_columns_to_context_keys(tmp_path, monkeyp
         monkeypatch.setenv("ATLAS_JUDGE_BASE_URL", server.base_url)
         monkeypatch.setenv("ATLAS_JUDGE_MODEL", "small")
         monkeypatch.setenv("ATLAS_ARBITER_MODEL", "large")
-        recipe = load_recipe(CONFIGS / "grpo.yaml", [
-            "reward=rim", "train.max_steps=1", "train.prompts_per_step=2", "train.num_generations=2",
-            "train.eval_every=0", f"train.output_dir={tmp_path / 'run'}"])
-        run(recipe)
+        assert main(["train", str(CONFIGS / "grpo.yaml"), "reward=rim", "train.max_steps=1",
+                     "train.prompts_per_step=2", "train.num_generations=2", "train.eval_every=0",
+                     f"train.output_dir={tmp_path / 'run'}"]) == 0
         judged = [b["messages"][-1]["content"] for b in server.requests]
     row = read_metrics(tmp_path / "run" / "metrics.jsonl")[0]
     assert 0.25 <= row["reward_mean"] <= 0.75 and "reward_rim_judges" in row

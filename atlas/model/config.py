@@ -32,7 +32,7 @@ _ROPE_REQUIRED = {
     "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
     "yarn": ("factor",),
 }
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -82,7 +82,7 @@ class ModelConfig:
 
     @property
     def dtype(self) -> torch.dtype | None:
-        return _DTYPES.get(self.torch_dtype) if self.torch_dtype else None
+        return DTYPES.get(self.torch_dtype) if self.torch_dtype else None
 
     @classmethod
     def from_hf(cls, config: dict[str, Any]) -> ModelConfig:
@@ -219,4 +219,4 @@ def _dtype_name(value: Any) -> str | None:
     if value is None:
         return None
     name = str(value).removeprefix("torch.")
-    return name if name in _DTYPES else None
+    return name if name in DTYPES else None

@@ -5,6 +5,7 @@
     rim = ar.RIM(ar.RIMConfig.load("rim.yaml"))
     rim.evaluate(prompt, response, **context)            # -> RewardResult
     rim(prompts, completions, **context)                 # -> list[float], a GRPO reward function
+    ar.judge_reward(rim)                                 # the same, taking a trainer's columns as they come
     ar.answer_match(prompts, completions, answers=[...]) # rule rewards share that call shape
 
 `score` builds one RIM from `RIMConfig.load()` on first use and keeps it, so its cache lasts the process.
@@ -20,11 +21,11 @@ from typing import Any
 from atlas.reward.clients import ChatRequest, ChatResult, HTTPChatClient
 from atlas.reward.config import RIMConfig
 from atlas.reward.judges import JUDGES, InvalidReply, parse_evaluation
-from atlas.reward.rim import RIM, Call, JudgeError, JudgeResult, RewardResult
+from atlas.reward.rim import RIM, Call, JudgeError, JudgeResult, RewardResult, judge_reward
 from atlas.reward.rules import answer_match, exact_match, extract_final_answer, length_penalty, tags_present
 
 __all__ = [
-    "score", "RIM", "RIMConfig", "RewardResult", "JudgeResult", "Call", "JudgeError", "JUDGES",
+    "score", "RIM", "RIMConfig", "RewardResult", "judge_reward", "JudgeResult", "Call", "JudgeError", "JUDGES",
     "HTTPChatClient", "ChatRequest", "ChatResult", "InvalidReply", "parse_evaluation",
     "exact_match", "answer_match", "tags_present", "length_penalty", "extract_final_answer",
 ]

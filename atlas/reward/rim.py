@@ -50,15 +50,18 @@ same moment both call the backend), a persistent (on-disk) cache, and weighting 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import statistics
 import threading
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from atlas.reward.clients import ChatRequest, ChatResult, HTTPChatClient
 from atlas.reward.config import RIMConfig
 from atlas.reward.judges import (
+    CONTEXT_KEYS,
     JUDGES,
     Evaluation,
     InvalidReply,
@@ -69,6 +72,8 @@ from atlas.reward.judges import (
     judge_messages,
     parse_evaluation,
 )
+
+logger = logging.getLogger("atlas.reward")
 
 
 class JudgeError(RuntimeError):
@@ -378,3 +383,25 @@ class RIM:
     def _count(self, **deltas: int) -> None:
         with self._stats_lock:
             self.stats.update(deltas)
+
+
+def judge_reward(rim: RIM | None = None) -> Callable[..., list[float]]:
+    """RIM as a trainer's reward function `(prompts, completions, **columns) -> list[float]` (default: a RIM
+    from `RIMConfig.load()`). The trainers' columns map to the judges' context keys: `answers` (the
+    reference) -> `reference`, a column named like a context key (judges.CONTEXT_KEYS) as is; any other
+    column is not sent (the judges reject unknown keys), and which were dropped is logged once."""
+    rim = rim or RIM(RIMConfig.load())
+    warned: set[str] = set()
+
+    def rim_judges(prompts, completions, **columns):
+        context = {}
+        for key, values in columns.items():
+            target = "reference" if key == "answers" else key
+            if target in CONTEXT_KEYS:
+                context[target] = values
+            elif key not in warned:
+                warned.add(key)
+                logger.warning("column %r is not a judge context key: not sent to the judges", key)
+        return rim(prompts, completions, **context)
+
+    return rim_judges

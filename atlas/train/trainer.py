@@ -58,12 +58,12 @@ import atlas.distributed as ad
 from atlas.checkpoint import export_hf, latest_state, load_state, save_state
 from atlas.config import check_types, save_config, to_dict
 from atlas.model import Transformer
+from atlas.model.config import DTYPES
 from atlas.train.data import DataOrder
 from atlas.train.metrics import Metrics
 from atlas.train.optim import NonFiniteGuard, build_optimizer, grad_norm_, lr_factor
 
 logger = logging.getLogger("atlas.train")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
