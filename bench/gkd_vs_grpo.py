@@ -40,8 +40,8 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 def target_child(args) -> None:
     """One (method, seed) run: train until the target or the budget; prints JSON with the eval curve."""
     torch.set_num_threads(args.threads)
-    from atlas.embedded import task
     from atlas.recipes import build, load_recipe
+    from atlas.reward import answer_match
     from atlas.train.data import DataOrder
     from atlas.train.evaluate import greedy_eval
 
@@ -52,7 +52,7 @@ def target_child(args) -> None:
     order = DataOrder(len(data), recipe.train.seed)
 
     def held_out() -> float:
-        return greedy_eval(trainer.model, trainer.tokenizer, evals, task.reward, max_new_tokens=12)["success_rate"]
+        return greedy_eval(trainer.model, trainer.tokenizer, evals, answer_match, max_new_tokens=12)["success_rate"]
 
     curve = [(0, 0.0, held_out())]
     train_s, goal = 0.0, max(args.targets)

@@ -11,6 +11,7 @@ import atlas.distributed as ad
 import atlas.kernels as K
 import atlas.model as am
 from atlas.embedded import model_path, task
+from atlas.reward import answer_match
 from atlas.rl import GRPO, GRPOConfig
 from atlas.train.metrics import read_metrics
 
@@ -25,7 +26,7 @@ def main(out: str) -> None:
         config = GRPOConfig(output_dir=os.path.join(os.path.dirname(out), "run"), max_steps=2, lr=1e-4,
                             prompts_per_step=4, num_generations=4, max_new_tokens=12, param_dtype="bfloat16",
                             micro_batch_size=16, beta=0.04)
-        trainer = GRPO(model, am.Tokenizer.from_pretrained(path), task.reward, config, ref_model=ref)
+        trainer = GRPO(model, am.Tokenizer.from_pretrained(path), answer_match, config, ref_model=ref)
         result = trainer.train(task.examples("train")[:64])
         if ad.is_main():
             rows = read_metrics(os.path.join(config.output_dir, "metrics.jsonl"))

@@ -8,6 +8,7 @@ import pytest
 
 import atlas.model as am
 from atlas.embedded import model_path, task
+from atlas.reward import answer_match
 from atlas.train.evaluate import greedy_eval
 from atlas.train.metrics import read_metrics
 
@@ -20,7 +21,7 @@ def test_the_embedded_checkpoints_are_where_the_examples_need_them():
     for name in ("student", "teacher"):
         path = model_path(name)
         scores[name] = greedy_eval(am.from_pretrained(path), am.Tokenizer.from_pretrained(path),
-                                   task.examples("eval"), task.reward, max_new_tokens=12)["success_rate"]
+                                   task.examples("eval"), answer_match, max_new_tokens=12)["success_rate"]
     assert 0.10 <= scores["student"] <= 0.40 and scores["teacher"] >= 0.90
     sizes = {n: sum(p.numel() for p in am.from_pretrained(model_path(n)).parameters()) for n in scores}
     assert sizes["student"] < sizes["teacher"]

@@ -55,12 +55,6 @@ class Example:
     completion: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def conversation(self) -> list[dict[str, str]]:
-        """The prompt followed by the completion as the assistant's turn (GKD's training sequence)."""
-        if self.completion is None:
-            raise ValueError("this example has no completion (GRPO examples do not); build it with gkd_examples")
-        return [*self.prompt, {"role": "assistant", "content": self.completion}]
-
 
 @dataclass
 class ExampleSplit:

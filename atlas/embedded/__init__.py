@@ -4,8 +4,8 @@
     student = am.from_pretrained(model_path("student"))     # GRPO's start point and GKD's student
     teacher = am.from_pretrained(model_path("teacher"))     # GKD's teacher
 
-The checkpoints are committed (atlas/embedded/models/, built once by `python -m atlas.embedded.build`),
-so a first run starts at once and the tests use the same files everywhere.
+The checkpoints are committed (atlas/embedded/models/, built once by scripts/build_embedded.py, outside the
+package), so a first run starts at once and the tests use the same files everywhere.
 """
 
 from pathlib import Path
@@ -21,7 +21,7 @@ def model_path(name: str) -> Path:
     if not (path / "config.json").exists() and not (path / "tokenizer.json").exists():
         raise ValueError(f"no embedded checkpoint {name!r} in {MODELS}: choose one of "
                          f"{sorted(p.name for p in MODELS.iterdir() if p.is_dir())}, or rebuild with "
-                         "python -m atlas.embedded.build")
+                         "python scripts/build_embedded.py")
     return path
 
 

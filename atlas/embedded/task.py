@@ -6,8 +6,9 @@
 Every (a, b) with 10 <= a, b <= 99 is one question (8,100 in all). A stable hash of the pair puts 10% of
 them in the held-out split, so no held-out question (in any phrasing) is ever trained on. The phrasing of
 a question is a function of the pair too, so an example is the same wherever it is built. The reference
-is the sum as digits; `reward` is the rule reward atlas.reward.answer_match, which reads the completion's
-marked final answer ("The answer is 85.") and pays 1.0 only when it equals the reference exactly.
+is the sum as digits; the task's reward is the rule reward atlas.reward.answer_match, which reads the
+completion's marked final answer ("The answer is 85.") and pays 1.0 only when it equals the reference
+exactly.
 
 Why this task: it is verifiable exactly, fast to learn on a CPU (one token per digit), and learning it is a
 sharp transition (measured when the task was chosen, on a 2-core CPU at lr 1e-3: held-out accuracy went
@@ -20,10 +21,8 @@ Left out: carries as a separate skill, longer numbers, other operations.
 from __future__ import annotations
 
 import hashlib
-from typing import Any
 
 from atlas.data import Example
-from atlas.reward.rules import answer_match
 
 PHRASINGS = ("What is {a} + {b}?", "Compute {a} + {b}.", "Add {a} and {b}.")
 EVAL_FRACTION = 0.1
@@ -57,17 +56,3 @@ def examples(split: str) -> list[Example]:
     if split not in ("train", "eval"):
         raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
     return [example(a, b) for a in range(LOW, HIGH + 1) for b in range(LOW, HIGH + 1) if split_of(a, b) == split]
-
-
-def reward(prompts: list[str], completions: list[str], answers: list[str], **_: Any) -> list[float]:
-    """1.0 when the completion's final answer is the sum, else 0.0 (atlas.reward.answer_match)."""
-    return answer_match(prompts, completions, answers=answers)
-
-
-def corpus() -> list[str]:
-    """Text the embedded tokenizer is trained on: every phrasing and answer of every pair."""
-    texts = []
-    for a in range(LOW, HIGH + 1):
-        for b in range(LOW, HIGH + 1):
-            texts += [p.format(a=a, b=b) for p in PHRASINGS] + [completion(a, b)]
-    return texts

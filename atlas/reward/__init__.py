@@ -22,12 +22,21 @@ from atlas.reward.clients import ChatRequest, ChatResult, HTTPChatClient
 from atlas.reward.config import RIMConfig
 from atlas.reward.judges import JUDGES, InvalidReply, parse_evaluation
 from atlas.reward.rim import RIM, Call, JudgeError, JudgeResult, RewardResult, judge_reward
-from atlas.reward.rules import answer_match, exact_match, extract_final_answer, length_penalty, tags_present
+from atlas.reward.rules import (
+    answer_match,
+    exact_match,
+    extract_final_answer,
+    leaks_answer,
+    length_penalty,
+    numbers_in,
+    tags_present,
+)
 
 __all__ = [
     "score", "RIM", "RIMConfig", "RewardResult", "judge_reward", "JudgeResult", "Call", "JudgeError", "JUDGES",
     "HTTPChatClient", "ChatRequest", "ChatResult", "InvalidReply", "parse_evaluation",
-    "exact_match", "answer_match", "tags_present", "length_penalty", "extract_final_answer",
+    "exact_match", "answer_match", "tags_present", "length_penalty", "extract_final_answer", "leaks_answer",
+    "numbers_in",
 ]
 
 _default: RIM | None = None

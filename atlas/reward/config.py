@@ -13,19 +13,18 @@ YAML file at `path` (or at $ATLAS_REWARD_CONFIG), then these environment variabl
     ATLAS_ARBITER_MODEL    -> large_model  (the arbiter)
     ATLAS_JUDGE_API_KEY    -> read at call time through `api_key_env`, never stored in the config
 
-The YAML file is a flat mapping of field names; an unknown key is an error. `require_endpoint()` raises a
-ValueError naming the variable or key to set when the HTTP backend lacks its endpoint or models.
+The YAML file is a flat mapping of field names, read and checked by atlas.config like every other config
+(types checked where the config is made, an unknown key named with the nearest field).
+`require_endpoint()` raises a ValueError naming the variable or key to set when the HTTP backend lacks
+its endpoint or models.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
-import yaml
-
+from atlas.config import check_types, from_dict, read_yaml
 from atlas.reward.judges import JUDGES
 
 ENV_FIELDS = {
@@ -64,8 +63,7 @@ class RIMConfig:
     failure_score: float | None = None
 
     def __post_init__(self) -> None:
-        self.active_judges = tuple(self.active_judges)
-        self.temperatures = tuple(float(t) for t in self.temperatures)
+        check_types(self)
         unknown = [j for j in self.active_judges if j not in JUDGES]
         if unknown or not self.active_judges:
             raise ValueError(
@@ -88,30 +86,17 @@ class RIMConfig:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike, **overrides) -> RIMConfig:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping of RIMConfig fields, got {type(data).__name__}")
-        return cls._from_mapping({**data, **overrides}, source=str(path))
+        return from_dict(cls, {**read_yaml(path), **overrides})
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, **overrides) -> RIMConfig:
         """Defaults <- YAML (`path` or $ATLAS_REWARD_CONFIG) <- ATLAS_JUDGE_* env vars <- `overrides`."""
         path = path or os.environ.get("ATLAS_REWARD_CONFIG")
-        data: dict = {}
-        if path:
-            data = dataclasses.asdict(cls.from_yaml(path))
+        data = read_yaml(path) if path else {}
         for var, name in ENV_FIELDS.items():
             if os.environ.get(var):
                 data[name] = os.environ[var]
-        return cls._from_mapping({**data, **overrides}, source="arguments")
-
-    @classmethod
-    def _from_mapping(cls, data: dict, source: str) -> RIMConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"{source}: unknown RIMConfig key(s) {unknown}; valid keys: {sorted(names)}")
-        return cls(**data)
+        return from_dict(cls, {**data, **overrides})
 
     def api_key(self) -> str | None:
         return os.environ.get(self.api_key_env) or None

@@ -9,6 +9,9 @@
                     `<tag>...</tag>` pair.
 - `length_penalty`: 0.0 up to `target` characters, then falling linearly to -1.0 at `limit` characters
                     and staying there: `clip((target - len) / (limit - target), -1, 0)`.
+- `leaks_answer(text, reference)`: whether a text states the reference's final answer (the teaching
+                    recipe's leak test), on `numbers_in`: digits ("1,000", "-3.5", "3/4") and English number
+                    words ("eighty-five", "one hundred and two"; "five six" is two numbers).
 
 The final answer of a text (a completion, and a reference the same way):
  0. Text from the first end-of-turn token on (`<|im_end|>`, `<|eot_id|>`, any `<|...|>`, `</s>`) is dropped.
@@ -50,7 +53,8 @@ four rules; other context keys (dataset columns a training loop passes along) ar
 such as `tags` or `target` are keyword arguments: bind them with functools.partial.
 
 Left out: symbolic maths equivalence (x^2 - 1 vs (x-1)(x+1)), unit conversion, mixed numbers ("1 1/2"),
-scientific notation, numbers written in words ("seven"), and multiple-choice letter parsing ("(B)" is not "B").
+scientific notation, answers written in words ("seven": only leaks_answer reads number words), and
+multiple-choice letter parsing ("(B)" is not "B").
 """
 
 from __future__ import annotations
@@ -303,3 +307,65 @@ def length_penalty(
             f"length_penalty needs 0 <= target < limit (characters), got target={target}, limit={limit}")
     _check(prompts, completions, None)
     return [max(-1.0, min(0.0, (target - len(as_text(c))) / (limit - target))) for c in completions]
+
+
+_UNITS = {w: i for i, w in enumerate(
+    ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
+     "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen"])}
+_TENS = {w: 10 * i for i, w in enumerate(
+    ["", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]) if i > 1}
+_SCALES = {"thousand": 1_000, "million": 1_000_000, "billion": 1_000_000_000}
+
+
+def numbers_in(text: str) -> list[float]:
+    """Every number in `text`: digits ("1,000", "-3.5", "3/4") and English number words ("eighty-five",
+    "one hundred and two", "three thousand"; "five six" is two numbers, punctuation ends one)."""
+    out: list[float] = []
+    for m in re.finditer(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?", text):
+        try:
+            out.append(float(Fraction(m.group().replace(",", ""))))
+        except (ValueError, ZeroDivisionError):
+            continue
+    words = re.findall(r"[a-z]+|[^a-z\s]", re.sub(r"(?<=[a-z])-(?=[a-z])", " ", text.lower()))
+    total = current = 0
+    last = None  # the previous number word, None outside a number
+
+    def close():
+        nonlocal total, current, last
+        if last is not None:
+            out.append(float(total + current))
+        total = current = 0
+        last = None
+
+    for w in [*words, None]:
+        if w in _UNITS:
+            if last in _UNITS or (last in _TENS and _UNITS[w] >= 10):
+                close()
+            current += _UNITS[w]
+        elif w in _TENS:
+            if last in _UNITS or last in _TENS:
+                close()
+            current += _TENS[w]
+        elif w == "hundred" and last in _UNITS:
+            current *= 100
+        elif w in _SCALES and last is not None:
+            total, current = total + current * _SCALES[w], 0
+        elif w == "and" and last in ("hundred", *_SCALES):
+            continue
+        else:
+            close()
+            continue
+        last = w
+    return out
+
+
+def leaks_answer(text: str, reference: str) -> bool:
+    """Whether `text` (a teaching, a hint) states the reference's final answer: a one-number answer found
+    among `numbers_in(text)` as a number ("eighty-five" and "85.0" state 85; "185" does not), any other
+    answer as a whole run of normalised words; never a raw substring test."""
+    answer = extract_final_answer(reference) or reference
+    numbers = numbers_in(answer)
+    if len(numbers) == 1 and re.fullmatch(r"[^A-Za-z]*", answer):
+        return any(abs(n - numbers[0]) <= 1e-9 * max(1.0, abs(numbers[0])) for n in numbers_in(text))
+    norm = lambda t: " ".join(re.findall(r"[a-z0-9]+", t.lower()))  # noqa: E731
+    return bool(norm(answer)) and f" {norm(answer)} " in f" {norm(text)} "

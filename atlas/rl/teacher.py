@@ -15,9 +15,8 @@ Per question (each rank its share of the step's questions):
    - "rim": RIM judges (default helpfulness and process) shown the real question as the prompt, the
      student's post-teaching answer as the response, and the teaching, diagnostic, baseline and reference
      as context (the original's judges saw the teacher's text as the "student answer");
-   A teaching that gives the answer away (the reference's final answer found in it after normalisation,
-   numbers compared as numbers and numbers written in words included: "eighty-five" leaks 85; never a
-   raw substring test: "185" does not leak "85") earns the reward's minimum (-1 by the rule, 0 from the
+   A teaching that gives the answer away (`atlas.reward.leaks_answer`: the reference's final answer found
+   in it after normalisation, numbers compared as numbers, number words included) earns the reward's minimum (-1 by the rule, 0 from the
    judges) minus `leak_penalty` (default 1, >= 0), whatever the student then did: by construction below
    every honest outcome, so no group can make leaking pay (a penalty subtracted from a reward that
    reaches 2 left "leak and flip a wrong student" at 1 + efficiency - 1, above an honest failure's 0).
@@ -47,7 +46,7 @@ from typing import Any, Literal
 import atlas.distributed as ad
 from atlas.model import Transformer
 from atlas.reward.clients import ChatRequest
-from atlas.reward.rules import answer_match, extract_final_answer
+from atlas.reward.rules import answer_match, leaks_answer
 from atlas.rl.grpo import GRPO, GRPOConfig
 from atlas.sampler import SamplingParams
 from atlas.train.data import prompt_messages, reference_of
@@ -100,68 +99,6 @@ def asymmetric_reward(baseline_right: bool, taught_right: bool, baseline_len: in
     if taught_right:
         return (1.0 if not baseline_right else 0.0) + efficiency
     return -1.0 if baseline_right else 0.0
-
-
-_UNITS = {w: i for i, w in enumerate(
-    ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
-     "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen"])}
-_TENS = {w: 10 * i for i, w in enumerate(
-    ["", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]) if i > 1}
-_SCALES = {"thousand": 1_000, "million": 1_000_000, "billion": 1_000_000_000}
-
-
-def numbers_in(text: str) -> list[float]:
-    """Every number in `text`: digits ("1,000", "-3.5", "3/4") and English number words ("eighty-five",
-    "one hundred and two", "three thousand"; "five six" is two numbers, punctuation ends one)."""
-    from fractions import Fraction
-
-    out: list[float] = []
-    for m in re.finditer(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?", text):
-        try:
-            out.append(float(Fraction(m.group().replace(",", ""))))
-        except (ValueError, ZeroDivisionError):
-            continue
-    words = re.findall(r"[a-z]+|[^a-z\s]", re.sub(r"(?<=[a-z])-(?=[a-z])", " ", text.lower()))
-    total = current = 0
-    last = None  # the previous number word, None outside a number
-
-    def close():
-        nonlocal total, current, last
-        if last is not None:
-            out.append(float(total + current))
-        total = current = 0
-        last = None
-
-    for w in [*words, None]:
-        if w in _UNITS:
-            if last in _UNITS or (last in _TENS and _UNITS[w] >= 10):
-                close()
-            current += _UNITS[w]
-        elif w in _TENS:
-            if last in _UNITS or last in _TENS:
-                close()
-            current += _TENS[w]
-        elif w == "hundred" and last in _UNITS:
-            current *= 100
-        elif w in _SCALES and last is not None:
-            total, current = total + current * _SCALES[w], 0
-        elif w == "and" and last in ("hundred", *_SCALES):
-            continue
-        else:
-            close()
-            continue
-        last = w
-    return out
-
-
-def leaks_answer(teaching: str, reference: str) -> bool:
-    """Whether `teaching` states the reference's final answer (see the module docstring)."""
-    answer = extract_final_answer(reference) or reference
-    numbers = numbers_in(answer)
-    if len(numbers) == 1 and re.fullmatch(r"[^A-Za-z]*", answer):
-        return any(abs(n - numbers[0]) <= 1e-9 * max(1.0, abs(numbers[0])) for n in numbers_in(teaching))
-    norm = lambda t: " ".join(re.findall(r"[a-z0-9]+", t.lower()))  # noqa: E731
-    return bool(norm(answer)) and f" {norm(answer)} " in f" {norm(teaching)} "
 
 
 class Teaching(GRPO):

@@ -51,8 +51,9 @@ def as_conversation(example: Any) -> list[dict[str, Any]]:
     "messages", or with "prompt" (a string or messages) and "completion" (a string)."""
     if hasattr(example, "prompt") and hasattr(example, "completion"):
         if example.completion is None:
-            raise ValueError("an Example without a completion has nothing to learn from (SFT needs prompt + "
-                             "completion; build examples with atlas.data.gkd_examples or pass conversations)")
+            raise ValueError("this Example has no completion (GRPO examples do not) and so nothing to learn from: "
+                             "SFT needs prompt + completion; build examples with atlas.data.gkd_examples or pass "
+                             "conversations")
         return [*example.prompt, {"role": "assistant", "content": example.completion}]
     if isinstance(example, dict) and "messages" in example:
         messages = example["messages"]

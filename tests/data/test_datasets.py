@@ -9,6 +9,7 @@ import pytest
 from atlas.data import gkd_examples, grpo_examples, load_sessions
 from atlas.data.datasets import build_prompt, split_of, task_key
 from atlas.data.schema import parse_session
+from atlas.train.data import as_conversation
 from tests.data.records import FIXTURES, generate_records, make_record, write_jsonl
 
 SESSIONS = [parse_session(r) for r in FIXTURES if r.get("review_status") == "approved"]
@@ -21,7 +22,7 @@ def test_grpo_prompt_is_the_task_and_reference_the_final_answer():
     assert first.reference == "Answer to session 1: 42" and first.completion is None
     assert first.meta["session_id"] == 1 and first.meta["split"] == "train" and first.meta["reward"] == 0.95
     with pytest.raises(ValueError, match="no completion"):
-        first.conversation()
+        as_conversation(first)  # what SFT reads an Example as
 
 
 def test_context_sections_in_the_system_message_and_missing_ones_counted():
@@ -46,7 +47,7 @@ def test_gkd_conversations_and_sessions_without_answer_dropped():
     sessions = [*SESSIONS, parse_session({**make_record(70, "No answer here"), "final_answer": "  "})]
     split = gkd_examples(sessions, eval_fraction=0.0)
     assert split.counts["dropped:no_final_answer"] == 1
-    convo = split.train[0].conversation()
+    convo = as_conversation(split.train[0])
     assert convo == [{"role": "user", "content": "What is 6 times 7?"},
                      {"role": "assistant", "content": "Answer to session 1: 42"}]  # fmt: skip
 

@@ -12,6 +12,7 @@ import torch
 import atlas.model as am
 import atlas.rl.grpo as grpo_module
 from atlas.embedded import model_path, task
+from atlas.reward import answer_match
 from atlas.rl import GRPO, GRPOConfig
 from atlas.train.metrics import read_metrics
 
@@ -19,7 +20,7 @@ EXAMPLES = task.examples("train")[:64]
 KEYS = ("step", "loss", "kl", "reward_mean", "grad_norm", "lr", "completion_len_mean", "clip_frac")
 
 
-def _grpo(tmp_path, reward=task.reward, **overrides):
+def _grpo(tmp_path, reward=answer_match, **overrides):
     config = GRPOConfig(**{"output_dir": str(tmp_path / "run"), "max_steps": 2, "lr": 1e-4, "prompts_per_step": 4,
                            "num_generations": 4, "max_new_tokens": 10, "micro_batch_size": 16, "seed": 3,
                            **overrides})
@@ -152,7 +153,7 @@ def test_a_failing_reward_function_stops_the_run_naming_it(tmp_path, bad, messag
         return bad(prompts, completions, **columns)
 
     with pytest.raises((ValueError, RuntimeError), match=f"reward function 'judge' .*{message}"):
-        _grpo(tmp_path, reward=[task.reward, judge], reward_weights=[1.0, 0.5]).step(EXAMPLES[:4])
+        _grpo(tmp_path, reward=[answer_match, judge], reward_weights=[1.0, 0.5]).step(EXAMPLES[:4])
 
 
 @pytest.mark.parametrize("overrides, message", [

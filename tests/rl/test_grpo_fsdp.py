@@ -5,6 +5,7 @@ import pytest
 
 import atlas.model as am
 from atlas.embedded import model_path, task
+from atlas.reward import answer_match
 from atlas.rl import GRPO, GRPOConfig
 from atlas.train.metrics import read_metrics
 from tests.multiproc import run_ranks
@@ -17,7 +18,7 @@ def _run(output_dir):
     path = model_path("student")
     config = GRPOConfig(output_dir=str(output_dir), max_steps=3, lr=1e-4, prompts_per_step=4, num_generations=4,
                         max_new_tokens=10, micro_batch_size=4, beta=0.04, seed=5)
-    trainer = GRPO(am.from_pretrained(path), am.Tokenizer.from_pretrained(path), task.reward, config)
+    trainer = GRPO(am.from_pretrained(path), am.Tokenizer.from_pretrained(path), answer_match, config)
     return trainer, trainer.train(task.examples("train")[:32])
 
 

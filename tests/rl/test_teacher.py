@@ -10,9 +10,9 @@ import torch
 import atlas.model as am
 import atlas.rl.grpo as grpo_module
 from atlas.embedded import model_path, task
-from atlas.reward import RIM, HTTPChatClient, RIMConfig
+from atlas.reward import RIM, HTTPChatClient, RIMConfig, leaks_answer, numbers_in
 from atlas.rl import TeacherConfig, Teaching
-from atlas.rl.teacher import asymmetric_reward, leaks_answer, numbers_in, teaching_of
+from atlas.rl.teacher import asymmetric_reward, teaching_of
 from atlas.train.metrics import read_metrics
 from tests.reward.server import Reply, ScriptedServer, evaluation
 

@@ -9,6 +9,7 @@ import atlas.model as am
 from atlas.distill import GKD, GKDConfig
 from atlas.embedded import model_path, task
 from atlas.kernels import generalized_jsd
+from atlas.reward import answer_match
 from atlas.sampler import SamplingParams
 from atlas.train.metrics import read_metrics
 from atlas.train.rollout import sample_rollouts
@@ -21,7 +22,7 @@ def _gkd(tmp_path, teacher=None, **overrides):
     config = GKDConfig(**{"output_dir": str(tmp_path / "run"), "max_steps": 2, "lr": 1e-3, "batch_size": 4,
                           "micro_batch_size": 3, "max_new_tokens": 10, "seed": 2, **overrides})
     teacher = teacher or am.from_pretrained(model_path("teacher"))
-    return GKD(am.from_pretrained(model_path("student")), teacher, TOK, config, reward_fn=task.reward)
+    return GKD(am.from_pretrained(model_path("student")), teacher, TOK, config, reward_fn=answer_match)
 
 
 def _record(trainer):

@@ -6,6 +6,7 @@ import pytest
 import atlas.model as am
 from atlas.distill import GKD, GKDConfig
 from atlas.embedded import model_path, task
+from atlas.reward import answer_match
 from atlas.train.metrics import read_metrics
 from tests.multiproc import run_ranks
 
@@ -15,7 +16,7 @@ def _run(output_dir):
     config = GKDConfig(output_dir=str(output_dir), max_steps=3, lr=1e-3, batch_size=4, micro_batch_size=2,
                        max_new_tokens=10, lmbda=0.5, seed=4)
     trainer = GKD(am.from_pretrained(model_path("student")), am.from_pretrained(model_path("teacher")), tok, config,
-                  reward_fn=task.reward)
+                  reward_fn=answer_match)
     return trainer, trainer.train(task.examples("train")[:24])
 
 

@@ -12,6 +12,7 @@ import atlas.model as am
 from atlas.cli import main as cli_main
 from atlas.distill import SFT, SFTConfig
 from atlas.embedded import model_path, task
+from atlas.reward import answer_match
 from atlas.rl import GRPO, GRPOConfig
 
 EXAMPLES = task.examples("train")[:64]
@@ -53,7 +54,7 @@ def test_one_api_step_at_lr_1e_6_moves_every_fp32_master_weight(bf16_checkpoint,
         t = SFT(model, tokenizer, SFTConfig(batch_size=16, micro_batch_size=16, **common))
         t.step(t.prepare(EXAMPLES[:16]))
     else:
-        t = GRPO(model, tokenizer, task.reward, GRPOConfig(prompts_per_step=4, num_generations=4, max_new_tokens=10,
+        t = GRPO(model, tokenizer, answer_match, GRPOConfig(prompts_per_step=4, num_generations=4, max_new_tokens=10,
                                                             micro_batch_size=16, **common))
         t.step(EXAMPLES[:4])
         assert t.ref.dtype == torch.float32  # the reference computes in the policy's compute dtype
@@ -83,7 +84,7 @@ def test_atlas_train_on_a_bf16_checkpoint_updates_fp32_and_exports_bf16(bf16_che
 def _bf16_grpo(path, output_dir):
     config = GRPOConfig(output_dir=str(output_dir), max_steps=3, lr=1e-4, prompts_per_step=4, num_generations=4,
                         max_new_tokens=10, micro_batch_size=8, beta=0.04, seed=5, param_dtype="bfloat16")
-    trainer = GRPO(am.from_pretrained(path), am.Tokenizer.from_pretrained(path), task.reward, config)
+    trainer = GRPO(am.from_pretrained(path), am.Tokenizer.from_pretrained(path), answer_match, config)
     trainer.train(EXAMPLES[:32])
     return trainer
 

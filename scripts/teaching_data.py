@@ -1,5 +1,6 @@
-"""The embedded teaching task: a student that adds better with the right hint, and a teacher that must learn
-which hint to give (for examples/teacher.py and the teaching recipe, atlas.rl.teacher).
+"""The embedded teaching task's SFT data (scripts/build_embedded.py): a student that adds better with the
+right hint, and a teacher that must learn which hint to give (for examples/teacher.py and the teaching
+recipe, atlas.rl.teacher).
 
 The questions are task.py's (two-digit addition, the same train/eval split). The prompts are the teaching
 recipe's default templates (TeacherConfig), so the embedded models speak the recipe's own format:
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 
-from atlas.data import Example
 from atlas.embedded import task
 from atlas.rl.teacher import DIAGNOSTIC_PROMPT, TAUGHT_PROMPT, TEACHER_PROMPT
 
@@ -70,11 +70,6 @@ def teacher_examples() -> list[dict]:
         prompt = TEACHER_PROMPT.format(question=task.question(a, b), diagnostic=DIAGNOSTIC)
         out.append(_chat(prompt, teaching(a, b, _coin(a, b, "useful") < USEFUL_SHARE)))
     return out
-
-
-def examples(split: str) -> list[Example]:
-    """The questions of a split, with references: what the teaching recipe trains and evaluates on."""
-    return task.examples(split)
 
 
 def corpus() -> list[str]:

@@ -1,10 +1,13 @@
 """Build the embedded default's tokenizer and checkpoints, deterministically, with atlas's own SFT.
 
-    python -m atlas.embedded.build            # rewrites atlas/embedded/models/ (about 15 minutes on 2 cores)
-    python -m atlas.embedded.build --only teaching   # only the teaching task's tokenizer and models
+    python scripts/build_embedded.py                  # rewrites atlas/embedded/models/ (about 15 minutes on 2 cores)
+    python scripts/build_embedded.py --only teaching  # only the teaching task's tokenizer and models
+
+Not part of the package: atlas ships what this wrote (atlas/embedded/models/), and the tasks the
+checkpoints were trained on (atlas/embedded/task.py); this script is how they were made.
 
 What it makes (all Qwen2-architecture, tied embeddings, fp32 safetensors, a few MB in all):
-- the tokenizer: byte-level BPE trained on the task's text (task.corpus) with one token per digit
+- the tokenizer: byte-level BPE trained on the task's text (`corpus`) with one token per digit
   (`Digits(individual_digits=True)` before ByteLevel: measured to be what makes addition learnable at
   this size), ChatML specials and a ChatML chat template whose assistant turns sit in `{% generation %}`
   blocks;
@@ -15,10 +18,10 @@ What it makes (all Qwen2-architecture, tied embeddings, fp32 safetensors, a few 
   hopeless, where GRPO gets a signal (the share of groups of 8 with mixed rewards is
   1 - p^8 - (1 - p)^8: 57% at p = 0.1, 94% at 0.3). It is GRPO's start point and GKD's student, so the
   GKD-vs-GRPO comparison starts both from one model.
-- the teaching task's tokenizer (trained on teaching.corpus()) and two models for examples/teacher.py:
+- the teaching task's tokenizer (trained on teaching_data.corpus()) and two models for examples/teacher.py:
   `teaching-student` (hidden 96, 3 layers: the plain, diagnostic and taught prompts, stopped inside the
   transition on the plain questions like the student) and `teaching-teacher` (hidden 128, 4 layers,
-  TEACHING_TEACHER_STEPS of SFT on teaching that is useful in 30% of its examples); see teaching.py.
+  TEACHING_TEACHER_STEPS of SFT on teaching that is useful in 30% of its examples); see teaching_data.py.
 Fixed seeds make a rebuild on the same machine reproduce the files; another CPU may land elsewhere
 inside the transition (floating-point reductions differ), which is why the results are committed and
 the tests use the committed files. `models/build.json` records each model's steps, held-out figures and
@@ -34,17 +37,18 @@ import json
 import time
 from pathlib import Path
 
+import teaching_data as teaching
 import torch
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
 import atlas.model as am
 from atlas.distill import SFT, SFTConfig
-from atlas.embedded import task, teaching
+from atlas.embedded import MODELS, task
+from atlas.reward import answer_match
 from atlas.train.data import DataOrder
 from atlas.train.evaluate import greedy_eval
 
-MODELS = Path(__file__).resolve().parent / "models"
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -88,6 +92,15 @@ def build_tokenizer(out_dir: Path, corpus: list[str]) -> am.Tokenizer:
     return am.Tokenizer.from_pretrained(out_dir)
 
 
+def corpus() -> list[str]:
+    """Text the embedded tokenizer is trained on: every phrasing and answer of every pair."""
+    texts = []
+    for a in range(task.LOW, task.HIGH + 1):
+        for b in range(task.LOW, task.HIGH + 1):
+            texts += [p.format(a=a, b=b) for p in task.PHRASINGS] + [task.completion(a, b)]
+    return texts
+
+
 def fresh_model(tokenizer: am.Tokenizer, shape: dict, seed: int) -> am.Transformer:
     vocab = -(-tokenizer.vocab_size // 64) * 64  # padded past the tokenizer, as real checkpoints are
     config = am.ModelConfig(model_type="qwen2", vocab_size=vocab, head_dim=shape["hidden_size"] //
@@ -98,7 +111,7 @@ def fresh_model(tokenizer: am.Tokenizer, shape: dict, seed: int) -> am.Transform
     return am.Transformer(config)
 
 
-def accuracy(model, tokenizer, examples, n: int | None = None, max_new_tokens: int = 12, reward=task.reward) -> float:
+def accuracy(model, tokenizer, examples, n: int | None = None, max_new_tokens: int = 12, reward=answer_match) -> float:
     """Greedy held-out success rate on (the first n of) `examples`."""
     return greedy_eval(model.eval(), tokenizer, examples[:n], reward, max_new_tokens=max_new_tokens)["success_rate"]
 
@@ -150,14 +163,14 @@ def train(name: str, tokenizer, shape: dict, max_steps: int, stop_at: float | No
 
 
 def build_addition(out: Path) -> dict:
-    tokenizer = build_tokenizer(out / "tokenizer", task.corpus())
+    tokenizer = build_tokenizer(out / "tokenizer", corpus())
     results = {}
     plain = task.examples("eval")
     for name, shape, steps, stop in (("teacher", TEACHER, TEACHER_STEPS, None),
                                      ("student", STUDENT, STUDENT_MAX_STEPS, STUDENT_TARGET)):
         result = train(name, tokenizer, shape, steps, stop, task.examples("train"),
                        lambda m: accuracy(m, tokenizer, plain, EVAL_QUESTIONS))
-        final = greedy_eval(result["model"], tokenizer, plain, task.reward, max_new_tokens=12)
+        final = greedy_eval(result["model"], tokenizer, plain, answer_match, max_new_tokens=12)
         am.save_pretrained(result["model"], out / name, tokenizer=tokenizer)
         results[name] = {"sft_steps": result["steps"], "held_out": final, "history": result["history"]}
         print(f"{name}: {result['steps']} steps, held-out {final['success_rate']:.1%} over {final['n']}", flush=True)
