@@ -8,12 +8,11 @@ floating-point difference between a KV-cached decode step and a full forward (me
 0 in fp32 to 1e-5, and what it is in bf16).
 
 Per generate call, for P prompts and n samples each (B = P * n rows, prompt-major):
-1. one static KV cache (a [B, KVH, S, D] key and value tensor per layer), S = longest prompt +
-   max_new_tokens; prompts left-padded so every row writes the same slot each step;
-2. prefill each prompt once, into rows 0, n, 2n, ... of the cache (a strided view), then copy those rows
-   into their group's other n - 1 rows: GRPO's one prompt, G completions, at the cost of one prefill;
-3. decode: sample from the last logits, append, feed back. Rows that finish (a stop token, EOS unless
-   `ignore_eos`) are dropped from the batch (the cache is compacted), so they stop costing compute.
+1. one static KV cache (atlas.model.cache), S = longest prompt + max_new_tokens, prompts left-padded;
+2. prefill each prompt once and fork it to its n rows: GRPO's one prompt, G completions, one prefill;
+3. decode: sample from the last logits, append, feed back, until every row has stopped (a stop token,
+   the eos or the template's end of turn unless `ignore_eos`) or max_new_tokens. Finished rows leave the
+   batch (eager) or keep their slot unsampled (compiled: shapes never change).
 
 Sampling, per row, on the temperature-scaled logits z / T: top-k, then top-p (smallest set whose
 probability reaches p), then min-p (drop tokens below min_p * max prob); a token is drawn from the
@@ -36,26 +35,8 @@ Two log-probabilities per sampled token:
   without top-k/top-p/min-p), so importance weights under truncation need no extra forward (GRPO's
   `tis_cap`).
 
-FSDP2: the whole generation runs inside `model.gathered()`: each sharded FSDP module is all-gathered
-once (public `FSDPModule.unshard`, so mixed precision applies) and resharded at the end, and the forward
-passes run without FSDP's per-module hooks, so no FSDP setting is read or changed and a model that has
-never run forward is left exactly as found. That costs one full copy of the parameters per rank for the
-duration of generation, on top of the sharded ones, plus the KV cache (2 * L * B * S * KVH * D * bytes).
-
-`compile=True` compiles the decode step (model forward + LM head for one token per row) once with
-torch.compile, gpt-fast style: the cache switches to fixed shapes after prefill (`start_static_decode`:
-tensor write slot, attention over all slots under a mask), and finished rows are no longer compacted
-(they stop being sampled but keep their slot, so shapes never change). On CUDA it uses CUDA graphs
-("reduce-overhead"). Each distinct (rows, cache length) compiles once; cache lengths are rounded up to a
-multiple of 64 so repeated calls with similar lengths reuse it. The KV cache is then kept between calls
-and reused while (rows, cache length) stay the same, its buffers marked as static addresses: CUDA graphs
-replay fixed addresses, and torch skips them for in-place updates of an input it does not know to be
-static. So a compiling Sampler holds one cache's memory between calls, until the shape changes or the
-Sampler is dropped. The eager path is the default: see BENCHMARKS.md for where compiling pays.
-
 Left out: paged attention, continuous batching across calls, speculative decoding, beam search,
-repetition penalties. On CUDA the loop checks for finished rows every `check_every` steps (default 8)
-to avoid a host sync per token; on CPU every step.
+repetition penalties.
 """
 
 from __future__ import annotations
@@ -115,6 +96,14 @@ class Sampler:
 
     eos_token_ids: extra end-of-sequence ids; the model config's eos ids are always included, and with a
     tokenizer its `stop_token_ids` (its eos and the chat template's end of turn: atlas.model.tokenizer).
+    check_every: how often the decode loop looks for finished rows (a host sync); default every 8 steps
+    on CUDA, every step on CPU (where a sync costs nothing).
+    compile: torch.compile the decode step (model forward + LM head for one token per row) once, gpt-fast
+    style: after prefill the cache switches to fixed shapes (`KVCache.start_static_decode`), finished
+    rows are no longer compacted, and on CUDA the step runs as CUDA graphs ("reduce-overhead"). Each
+    distinct (rows, cache length) compiles once; cache lengths are rounded up to a multiple of 64 so
+    calls with similar lengths reuse it (`_kv_cache` keeps the cache between calls). The eager path is
+    the default: BENCHMARKS.md says where compiling pays.
     """
 
     def __init__(self, model: Transformer, tokenizer=None, eos_token_ids: list[int] | None = None,
@@ -159,6 +148,9 @@ class Sampler:
         max_len = Tp + params.max_new_tokens
         if self.compile:
             max_len = min(-(-max_len // 64) * 64, config.max_position_embeddings)
+        # An FSDP2 model is all-gathered once for the whole generation (in the dtype it computes in) and its
+        # blocks run without hooks: one full copy of the parameters per rank for the duration, on top of the
+        # shards, plus the cache (2 * L * B * S * KVH * D * bytes); see atlas.distributed.gathered.
         with ad.gathered(self.model):
             cache = self._kv_cache(B, max_len)  # after gathering: the dtype FSDP computes in
             hidden = self.model.forward(ids_PT, attention_mask_BT=mask_PT, cache=cache.every_nth_row(n),
@@ -173,9 +165,10 @@ class Sampler:
 
     def _kv_cache(self, rows: int, max_len: int) -> KVCache:
         """A fresh cache per call; with compile=True the last one is kept and reused while (rows, max_len,
-        dtype, device) stay the same, its buffers marked as static addresses: CUDA graphs replay fixed addresses, and a
-        cache reallocated per call would make torch re-record the graph at every call (or, as a mutated
-        input it does not know to be static, skip CUDA graphs altogether)."""
+        dtype, device) stay the same, its buffers marked as static addresses: CUDA graphs replay fixed
+        addresses, and a cache reallocated per call would make torch re-record the graph at every call (or,
+        as a mutated input it does not know to be static, skip CUDA graphs altogether). So a compiling
+        Sampler holds one cache's memory between calls, until the shape changes or it is dropped."""
         kept, model = self._cache, self.model
         if kept is not None and (kept.batch_size, kept.max_len, kept.k[0].dtype, kept.k[0].device) == (
                 rows, max_len, model.dtype, model.device):

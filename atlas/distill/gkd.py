@@ -12,8 +12,8 @@ which is continuous at both ends.
 Each step, with probability `lmbda` (a draw from (seed, step), the same on every rank) the completions
 are the student's own samples (the Sampler on the student, at `temperature`); otherwise the examples'
 completions, or with `seq_kd` the teacher's own samples (at `temperature`). The
-teacher scores exactly the token sequences the student is trained on, prompt + completion, and only
-completion tokens count (the original scored the dataset completion during on-policy steps: a bug).
+teacher scores exactly the token sequences the student is trained on, prompt + completion (never the
+dataset's completion on an on-policy step), and only completion tokens count.
 The loss comes from both models' hidden states and LM heads in chunks (`Transformer.generalized_jsd`,
 an FSDP forward method on the student), so neither [tokens x vocab] logits tensor exists; under FSDP2 the
 teacher's root (embeddings and head) is unsharded for the step with the public `FSDPModule.unshard` and
@@ -29,8 +29,8 @@ entries only (the first `tokenizer.vocab_size` rows of both heads); padding rows
 
 Evaluation (`eval_every`): the student's greedy held-out success rate and mean completion tokens
 (atlas.train.evaluate), the teacher's once as the ceiling, and against the first (baseline) evaluation
-`success_delta` (points) and `token_reduction_pct` (the original's promised but never computed targets:
-+10 points, 30% fewer tokens).
+`success_delta` (points) and `token_reduction_pct`: what distillation is for, a student that succeeds
+more often with shorter answers.
 
 Left out: sequence-level KD from a teacher served elsewhere, top-k (sparse) distillation, token-level
 mixing of on- and off-policy data within a step.
@@ -57,7 +57,8 @@ from atlas.train.trainer import TrainConfig, Trainer
 
 @dataclass
 class GKDConfig(TrainConfig):
-    """The original's defaults: lmbda 1.0, beta 0.5, sampling temperature 0.9, max_new_tokens 512, lr 5e-6."""
+    """Defaults for 7B-scale students: lmbda 1.0 (always on-policy), beta 0.5, sampling temperature 0.9,
+    max_new_tokens 512, lr 5e-6 (the embedded configs set their own)."""
 
     output_dir: str = "results/gkd"
     lr: float = 5e-6

@@ -1,8 +1,8 @@
 """RIMConfig: the judges' settings, from code, a YAML file, or environment variables.
 
-Fields follow the original's rim_config (temperatures, variance_threshold, uncertainty_threshold,
-small_model, large_model, active_judges, max_workers) plus the transport (base_url, api_key_env, timeout,
-retries, backoff, json_mode), the cache, the aggregation rule and the consistency caps.
+Fields: the ensemble (temperatures, variance_threshold, uncertainty_threshold, small_model, large_model,
+active_judges, max_workers), the transport (base_url, api_key_env, timeout, retries, backoff, json_mode),
+the cache, the aggregation rule and the consistency caps.
 
 `RIMConfig.load(path=None)` builds the default configuration: the dataclass defaults, then the keys of the
 YAML file at `path` (or at $ATLAS_REWARD_CONFIG), then these environment variables when set, which win
@@ -46,7 +46,7 @@ class RIMConfig:
     arbiter_temperature: float = 0.3
     variance_threshold: float = 0.15
     uncertainty_threshold: float = 0.3
-    aggregation: str = "mean"  # "mean" (the runtime's) | "min_uncertainty" (the original trainer's)
+    aggregation: str = "mean"  # "mean" (as the runtime records it) | "min_uncertainty" (the surest sample's)
     consistency_caps: bool = True
     cap_margin: float = 0.1  # process <= accuracy + margin; helpfulness <= diagnostic + margin
     cap_gate: float = 0.5  # helpfulness <= gate when process < gate

@@ -13,13 +13,12 @@ For each item (prompt, response, context) and each active judge j:
 3. Aggregation without escalation, by `aggregation`:
      "mean":            score = mean(s_k), uncertainty = mean(u_k)  (what the runtime records), rationale
                         of the sample closest to the mean;
-     "min_uncertainty": the sample with the smallest u_k gives score, uncertainty and rationale
-                        (what the original trainer used).
+     "min_uncertainty": the sample with the smallest u_k gives score, uncertainty and rationale.
 4. Consistency caps (when `consistency_caps`; applied in this order, each only when both judges scored):
      process     <- min(process, accuracy + m)
      helpfulness <- min(helpfulness, g)          if process < g
      helpfulness <- min(helpfulness, diagnostic + m)
-   with m = cap_margin (0.1) and g = cap_gate (0.5), the original's numbers. Scores stay in [0, 1].
+   with m = cap_margin (0.1) and g = cap_gate (0.5) by default. Scores stay in [0, 1].
    The uncapped score stays on the JudgeResult (`raw_score`) with the rules that fired (`caps`).
 5. Item reward = mean of the active judges' (capped) scores, uncertainty = mean of their uncertainties.
    If any judge has no score the item has none (`score` None, `error` says why): averaging the rest

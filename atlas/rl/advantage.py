@@ -1,6 +1,6 @@
 """Group-relative advantages: each completion's reward against the other completions of its prompt.
 
-    A_i = (r_i - mean_g) / (s + eps)      eps = 1e-4 (the original's), one value per completion
+    A_i = (r_i - mean_g) / (s + eps)      eps = 1e-4, one value per completion
 
 with mean_g the mean reward of the G completions of the same prompt, and s, by `scale`:
 - "group" (GRPO, the default): the group's standard deviation (unbiased, as TRL computes it);

@@ -82,7 +82,8 @@ RewardFn = Callable[..., list[float]]
 
 @dataclass
 class GRPOConfig(TrainConfig):
-    """Defaults of Atlas Core's GRPO where it had them: lr 1e-6, 8 generations, beta 0.04, temperature 1.0."""
+    """Defaults for 7B-scale policies: lr 1e-6, 8 generations, beta 0.04, temperature 1.0 (the embedded
+    configs set their own)."""
 
     output_dir: str = "results/grpo"
     lr: float = 1e-6

@@ -16,7 +16,7 @@ tokens were drawn, and the KL term stays a plain regulariser. Masked tokens
 
 Normalisation (`norm`), with every count global (all micro-batches and ranks of the optimizer step):
 - "token_mean" (DAPO, the default): sum_{i,t} l_t / (number of valid tokens);
-- "seq_mean" (the original GRPO): sum_i (sum_t l_t / T_i) / (number of sequences);
+- "seq_mean" (GRPO as published): sum_i (sum_t l_t / T_i) / (number of sequences);
 - "dr_grpo": sum_{i,t} l_t / (number of sequences * max_completion_len), a constant denominator.
 This function returns the *sum* of this micro-batch's share of that one number, so adding the micro-
 batches' losses (and FSDP's mean over ranks times the world size) gives the step's loss exactly.

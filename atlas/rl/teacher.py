@@ -4,8 +4,7 @@ Per question (each rank its share of the step's questions):
 1. the student answers alone (the baseline) and, asked with `diagnostic_prompt`, describes its approach;
 2. the teacher is prompted with `teacher_prompt` (the question and that diagnostic) and samples G
    completions `<thinking>...</thinking><teaching>...</teaching>`; log-probabilities and gradients are
-   computed on exactly that prompt (the original computed them on p(teaching | question), a prompt the
-   teaching was never sampled from);
+   computed on exactly that prompt (not on the bare question: the teaching was sampled from this one);
 3. the student answers again with only the `<teaching>` text added (`taught_prompt`); the teacher's
    thinking never reaches it;
 4. the reward, by `reward_mode`:
@@ -14,7 +13,8 @@ Per question (each rank its share of the step's questions):
      answer: -1; both wrong: 0; efficiency = max(0, 1 - taught answer length / baseline length);
    - "rim": RIM judges (default helpfulness and process) shown the real question as the prompt, the
      student's post-teaching answer as the response, and the teaching, diagnostic, baseline and reference
-     as context (the original's judges saw the teacher's text as the "student answer");
+     as context (judging the teacher's own text would reward teaching that reads well, not teaching
+     that works);
    A teaching that gives the answer away (`atlas.reward.leaks_answer`: the reference's final answer found
    in it after normalisation, numbers compared as numbers, number words included) earns the reward's minimum (-1 by the rule, 0 from the
    judges) minus `leak_penalty` (default 1, >= 0), whatever the student then did: by construction below
@@ -23,8 +23,8 @@ Per question (each rank its share of the step's questions):
    A completion without a `<teaching>` block earns the minimum itself: no more than the worst honest
    teaching, and more than a leak. Neither is judged (no judge call is spent on them); the student is
    still asked, so the accuracy metrics cover every completion.
-The teacher is trained on the same model object its rollouts come from (the original's teacher sampler
-never got the updated weights). The student is any chat backend with `chat_batch` (atlas.reward):
+The teacher is trained on the same model object its rollouts come from, so every rollout comes from the
+weights being trained. The student is any chat backend with `chat_batch` (atlas.reward):
 `LocalChatClient` for an atlas model in-process, `HTTPChatClient` for an OpenAI-compatible endpoint;
 it is called greedily and a failed call stops the run with its error (a reward of 0 for a lost answer
 would bias the teacher). Metrics per step: `baseline_accuracy`, `taught_accuracy`, `accuracy_delta`,
