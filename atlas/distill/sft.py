@@ -13,8 +13,9 @@ no compute on padding; the same loss and gradients as padded rows).
 
 Data: any list of examples `atlas.train.data.as_conversation` reads (atlas.data.Example with a
 completion, {"prompt", "completion"}, {"messages"}); from runtime traces, `atlas.data.gkd_examples` over
-`load_sessions(src, min_reward=0.8, status="succeeded")` (approved only by default: configs/sft.yaml). Conversations longer than `max_seq_len` tokens are dropped, counted and logged (truncating
-would cut off the answer being taught).
+`load_sessions(src, min_reward=0.8, status="succeeded")` (approved only by default: configs/sft.yaml).
+Conversations longer than `max_seq_len` tokens are dropped, counted and logged (truncating would cut
+off the answer being taught).
 
 Evaluation (`eval_every`, and by `evaluate`): the held-out loss per assistant token, and with a
 `reward_fn` the greedy success rate and completion length (atlas.train.evaluate).

@@ -16,10 +16,11 @@ Per question (each rank its share of the step's questions):
      as context (judging the teacher's own text would reward teaching that reads well, not teaching
      that works);
    A teaching that gives the answer away (`atlas.reward.leaks_answer`: the reference's final answer found
-   in it after normalisation, numbers compared as numbers, number words included) earns the reward's minimum (-1 by the rule, 0 from the
-   judges) minus `leak_penalty` (default 1, >= 0), whatever the student then did: by construction below
-   every honest outcome, so no group can make leaking pay (a penalty subtracted from a reward that
-   reaches 2 left "leak and flip a wrong student" at 1 + efficiency - 1, above an honest failure's 0).
+   in it after normalisation, numbers compared as numbers, number words included) earns the reward's
+   minimum (-1 by the rule, 0 from the judges) minus `leak_penalty` (default 1, >= 0), whatever the
+   student then did: by construction below every honest outcome, so no group can make leaking pay (a
+   penalty subtracted from a reward that reaches 2 left "leak and flip a wrong student" at
+   1 + efficiency - 1, above an honest failure's 0).
    A completion without a `<teaching>` block earns the minimum itself: no more than the worst honest
    teaching, and more than a leak. Neither is judged (no judge call is spent on them); the student is
    still asked, so the accuracy metrics cover every completion.
