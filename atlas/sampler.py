@@ -52,16 +52,24 @@ from atlas.model.tokenizer import stop_ids
 
 
 @dataclass
-class SamplingParams:
-    max_new_tokens: int = 64
+class Truncation:
+    """How a token is drawn: temperature, then top-k / top-p / min-p (the module docstring), and whether the
+    eos and end of turn stop a row. Declared once: `SamplingParams` and the trainers' configs (GRPOConfig's
+    flat keys) inherit these fields."""
+
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
     min_p: float = 0.0
+    ignore_eos: bool = False  # sample exactly max_new_tokens (benchmarks): no eos or end of turn stops a row
+
+
+@dataclass
+class SamplingParams(Truncation):
+    max_new_tokens: int = 64
     n: int = 1
     seed: int | None = None
     stop_token_ids: list[int] | None = None
-    ignore_eos: bool = False
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:

@@ -99,13 +99,15 @@ class SFT(Trainer):
             raise ValueError(f"no example is left to train on ({len(examples)} given, {dict(self.dropped)} dropped)")
         return out
 
-    def step(self, batch: list[Encoded]) -> dict[str, float]:
-        total = sum(e.targets for e in batch)
+    def step(self, conversations: list[Encoded]) -> dict[str, float]:
+        """One optimizer step on `batch_size` encoded conversations."""
+        total = sum(e.targets for e in conversations)
         if total == 0:
             raise ValueError("this batch has no assistant token to train on")
-        nll = self._nll(batch, total, train=True)
+        nll = self._nll(conversations, total, train=True)
         out = self.optimizer_step()
-        return {"loss": nll / total, "tokens": sum(len(e.ids) for e in batch), "target_tokens": total, **out}
+        return {"loss": nll / total, "tokens": sum(len(e.ids) for e in conversations), "target_tokens": total,
+                **out}
 
     def evaluate(self, examples: Sequence[Encoded]) -> dict[str, float]:
         examples = list(examples)
@@ -121,13 +123,13 @@ class SFT(Trainer):
         self.model.train(was_training)
         return result
 
-    def _nll(self, batch: list[Encoded], total: int, train: bool) -> float:
-        """Summed NLL of the assistant tokens of `batch` over every rank; with `train`, backward of the
-        global-count-normalised loss for each of this rank's micro-batches."""
+    def _nll(self, conversations: list[Encoded], total: int, train: bool) -> float:
+        """Summed NLL of the assistant tokens of `conversations` over every rank; with `train`, backward of
+        the global-count-normalised loss for each of this rank's micro-batches."""
         size, device = self.config.micro_batch_size, ad.device()
-        mine = shard(batch, ad.rank(), ad.world_size())
+        mine = shard(conversations, ad.rank(), ad.world_size())
         mbs = micro_batches([(e.ids, e.mask) for e in mine], size, self.config.pack, self.pad_id, device,
-                            count=micro_batch_count(len(batch), size))
+                            count=micro_batch_count(len(conversations), size))
         nll = torch.zeros((), dtype=torch.float64, device=device)
         for mb in mbs:
             hidden = self.model(mb.input_ids_BT, return_hidden=True, **mb.forward_kwargs())

@@ -71,7 +71,7 @@ import atlas.distributed as ad
 from atlas.model import Transformer
 from atlas.rl.advantage import group_advantages, reward_moments
 from atlas.rl.loss import LossCounts, policy_loss
-from atlas.sampler import Sampler, SamplingParams
+from atlas.sampler import Sampler, SamplingParams, Truncation
 from atlas.train.data import micro_batch_count
 from atlas.train.evaluate import greedy_eval
 from atlas.train.rollout import Rollout, RolloutBatch, RolloutMicroBatch, rollout_micro_batches, sample_rollouts
@@ -81,7 +81,7 @@ RewardFn = Callable[..., list[float]]
 
 
 @dataclass
-class GRPOConfig(TrainConfig):
+class GRPOConfig(TrainConfig, Truncation):
     """Defaults for 7B-scale policies: lr 1e-6, 8 generations, beta 0.04, temperature 1.0 (the embedded
     configs set their own)."""
 
@@ -89,12 +89,7 @@ class GRPOConfig(TrainConfig):
     lr: float = 1e-6
     prompts_per_step: int = 8
     num_generations: int = 8
-    max_new_tokens: int = 256
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    min_p: float = 0.0
-    ignore_eos: bool = False  # sample exactly max_new_tokens (benchmarks): no end-of-turn or eos stops a turn
+    max_new_tokens: int = 256  # and temperature, top_p, top_k, min_p, ignore_eos: atlas.sampler.Truncation
     beta: float = 0.04
     eps_low: float = 0.2
     eps_high: float = 0.2  # DAPO's clip-higher: 0.28
