@@ -83,8 +83,9 @@ def sample_rollouts(model, tokenizer, examples: Sequence[Any], params: SamplingP
     rollouts = [Rollout(mine[o.prompt_index], j % params.n, ids[o.prompt_index], o.token_ids, o.logprobs,
                         o.sampled_logprobs, o.finish_reason == "length", text)
                 for j, (o, text) in enumerate(zip(outs, texts))]
-    prompts, columns = reward_inputs([examples[r.prompt_index] for r in rollouts])
-    return RolloutBatch(rollouts, prompts, columns)
+    prompts, columns = reward_inputs([examples[i] for i in mine])  # once per prompt, then one per completion
+    rows = [o.prompt_index for o in outs]
+    return RolloutBatch(rollouts, [prompts[k] for k in rows], {key: [v[k] for k in rows] for key, v in columns.items()})
 
 
 @dataclass
