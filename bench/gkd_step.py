@@ -9,7 +9,7 @@ two random Qwen2 checkpoints saved by transformers, shaped like the embedded mod
 3 layers, intermediate 256; teacher hidden 128, 4 layers, intermediate 384; 4 heads / 2 KV heads, tied
 embeddings, fp32. Both trainers load those directories and run the issue's step: 8 prompts (a user
 message of 8-16 made-up words each, the same 8 every step; both render the same ids, checked), one
-on-policy completion each of exactly 32 tokens (atlas: `ignore_eos` patched into GKD's sampling params;
+on-policy completion each of exactly 32 tokens (atlas: GKDConfig's `ignore_eos`;
 TRL: `min_new_tokens=32`, which masks the end-of-turn token until then; both checked: 256 completion
 tokens per step), sampling temperature 0.9, no top-k/top-p, lmbda 1, beta 0.5, loss temperature 1, one
 micro-batch, torch's AdamW at lr 1e-5 (constant, no warmup or weight decay, clipping at 1.0), no gradient
@@ -83,7 +83,7 @@ def conversations() -> list[dict]:
 
 
 def rendered_prompts(tokenizer) -> list[list[int]]:
-    from atlas.train.rollout import prompt_ids
+    from atlas.train.data import prompt_ids
 
     return [prompt_ids(tokenizer, e) for e in conversations()]
 
@@ -155,16 +155,15 @@ class AtlasRunner:
                  new: int = NEW):
         import atlas.distill.gkd as gkd
         import atlas.model as am
-        from atlas.sampler import Sampler, SamplingParams
+        from atlas.sampler import Sampler
 
         self.tokenizer = am.Tokenizer.from_pretrained(student)
         config = gkd.GKDConfig(output_dir=str(out), max_steps=10**6, lr=LR, warmup_ratio=0.0, batch_size=B,
                                micro_batch_size=B, lmbda=1.0, beta=0.5, temperature=0.9, max_new_tokens=new,
-                               eval_every=0)
+                               eval_every=0, ignore_eos=True)  # every completion exactly `new` tokens
         self.trainer = t = gkd.GKD(am.from_pretrained(student), am.from_pretrained(teacher), self.tokenizer, config)
         t.vocab = t.model.config.vocab_size  # every head row, as TRL (the tokenizer has 512 entries)
-        # GKDConfig has no ignore_eos: the benchmark needs every completion at exactly `new` tokens
-        self.patches = [mock.patch.object(gkd, "SamplingParams", functools.partial(SamplingParams, ignore_eos=True))]
+        self.patches = []
         if compiled:
             rollouts = functools.partial(gkd.sample_rollouts, sampler=Sampler(t.model, self.tokenizer, compile=True))
             self.patches.append(mock.patch.object(gkd, "sample_rollouts", rollouts))

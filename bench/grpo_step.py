@@ -38,7 +38,6 @@ peak - RSS at entry. Left out: GPU runs (bf16, Qwen2.5-0.5B shape, MFU), vLLM ge
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import statistics
 import sys
@@ -89,10 +88,8 @@ class AtlasRunner:
         self.tokenizer = am.Tokenizer.from_pretrained(directory)
         config = GRPOConfig(output_dir=str(out), max_steps=10**6, prompts_per_step=1, num_generations=G,
                             max_new_tokens=NEW, beta=args.beta, temperature=1.0, lr=1e-6, warmup_ratio=0.0,
-                            micro_batch_size=G)
+                            micro_batch_size=G, ignore_eos=True)  # every completion exactly 64 tokens
         self.trainer = GRPO(am.from_pretrained(directory), self.tokenizer, length_reward, config)
-        # GRPOConfig has no ignore_eos: the benchmark needs every completion at exactly 64 tokens
-        self.trainer.params = dataclasses.replace(self.trainer.params, ignore_eos=True)
         if compiled:  # GRPOConfig has no switch for it either: the lever measured, not a default
             self.trainer.sampler = Sampler(self.trainer.model, self.tokenizer, compile=True)
         self.batch = [{"prompt": prompt_messages()}]
