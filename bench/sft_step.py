@@ -132,14 +132,14 @@ def exact_conversations(tokenizer, n: int, length: int, seed: int) -> list[dict]
         prompt, words = sentence(rng, 20), []
         while True:
             conv = [{"role": "user", "content": prompt}, {"role": "assistant", "content": " ".join(words)}]
-            size = len(encode_conversation(tokenizer, conv)[0])
+            size = len(encode_conversation(tokenizer, conv)[0][0])
             if size >= length:
                 break
             # close to the end, try words until one lands exactly
             pool = WORDS if length - size <= 4 else [rng.choice(WORDS)]
             fits = [w for w in rng.sample(pool, len(pool))
                     if len(encode_conversation(tokenizer, [conv[0], {"role": "assistant", "content": " ".join(
-                        [*words, w])}])[0]) <= length]
+                        [*words, w])}])[0][0]) <= length]
             if not fits:
                 break
             words.append(fits[0])
@@ -346,7 +346,7 @@ def memory_child(args) -> None:
 
         model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
         tokenizer = am.Tokenizer.from_pretrained(directory)
-        encoded = [encode_conversation(tokenizer, c["messages"]) for c in conversations]
+        encoded = [encode_conversation(tokenizer, c["messages"])[0] for c in conversations]
         ids = torch.tensor([e[0] for e in encoded])
         labels = ids.masked_fill(torch.tensor([e[1] for e in encoded]) == 0, -100)
         optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)

@@ -19,21 +19,22 @@ Dataset rules:
 Filter sessions (approved, reward, status) with `load_sessions`; for GKD the recipe's data is
 `load_sessions(src, min_reward=0.8, status="succeeded")`.
 
-Left out: tokenization, packing and batching (the trainers' job), and multi-turn tool transcripts as
-completions (the step `trace` stays on the session; the completion is the final answer).
+The agent's transcripts as multi-turn conversations: atlas/data/trajectories.py (`trajectory_examples`),
+with the same dataset rules. Left out: tokenization, packing and batching (the trainers' job).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from atlas.data.schema import Session
 
-__all__ = ["CONTEXT_FIELDS", "Example", "ExampleSplit", "build_prompt", "gkd_examples", "grpo_examples"]
+__all__ = ["CONTEXT_FIELDS", "Example", "ExampleSplit", "build_examples", "build_prompt", "gkd_examples",
+           "grpo_examples"]
 
 CONTEXT_FIELDS = ("student_learning", "teacher_learning", "plan", "guidance", "teacher_notes")
 
@@ -48,21 +49,29 @@ _TITLES = {
 
 @dataclass
 class Example:
-    """One training example: the prompt messages, the reference answer (if any), the completion (GKD)."""
+    """One training example: the prompt messages, the reference answer (if any), the completion (SFT/GKD);
+    a trajectory (atlas.data.trajectories) also carries the whole conversation (`messages`, tool calls and
+    results included; `prompt` is then everything before its last assistant turn) and the tool schemas
+    its template renders (`tools`)."""
 
-    prompt: list[dict[str, str]]
+    prompt: list[dict[str, Any]]
     reference: str | None
     completion: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    messages: list[dict[str, Any]] | None = None
+    tools: list[dict[str, Any]] | None = None
 
 
 @dataclass
 class ExampleSplit:
-    """Deduplicated examples split into train and eval, with the counts of what was collapsed/dropped."""
+    """Deduplicated examples split into train and eval, with the counts of what was collapsed/dropped (and
+    for trajectories the tool schemas, given or inferred)."""
 
     train: list[Example]
     eval: list[Example]
     counts: Counter[str]
+    tools: list[dict[str, Any]] | None = None
+    tools_inferred: bool = False
 
 
 def task_key(task: str) -> str:
@@ -104,7 +113,8 @@ def grpo_examples(
     salt: str = "",
 ) -> ExampleSplit:
     """Prompts to sample from; `reference` is the session's final answer (for accuracy-style rewards)."""
-    return _build(sessions, False, context, system_prompt, eval_fraction, salt)
+    return build_examples(sessions, lambda session, prompt, answer, counts: Example(prompt, answer), context,
+                          system_prompt, eval_fraction, salt)
 
 
 def gkd_examples(
@@ -116,17 +126,25 @@ def gkd_examples(
     salt: str = "",
 ) -> ExampleSplit:
     """Prompt + completion (the final answer) conversations; sessions without an answer are dropped."""
-    return _build(sessions, True, context, system_prompt, eval_fraction, salt)
+    def make(session, prompt, answer, counts):
+        if answer is None:
+            counts["dropped:no_final_answer"] += 1
+            return None
+        return Example(prompt, answer, completion=answer)
+
+    return build_examples(sessions, make, context, system_prompt, eval_fraction, salt)
 
 
-def _build(
+def build_examples(
     sessions: Iterable[Session],
-    with_completion: bool,
+    make: Callable[[Session, list[dict[str, Any]], str | None, Counter[str]], Example | None],
     context: Sequence[str],
     system_prompt: str | None,
     eval_fraction: float,
     salt: str,
 ) -> ExampleSplit:
+    """The dataset rules of the module docstring around `make(session, prompt, final answer or None,
+    counts) -> Example | None` (None: the session is dropped; `make` counts why)."""
     _check_context(context)
     if isinstance(eval_fraction, bool) or not isinstance(eval_fraction, int | float) or not 0 <= eval_fraction < 1:
         raise ValueError(f"eval_fraction must be a number in [0, 1), got {eval_fraction!r}")
@@ -134,25 +152,14 @@ def _build(
     best: dict[str, Example] = {}
     for session in sessions:
         counts["sessions"] += 1
-        answer = session.final_answer if session.final_answer.strip() else None
-        if with_completion and answer is None:
-            counts["dropped:no_final_answer"] += 1
-            continue
         prompt, missing = build_prompt(session, context, system_prompt)
+        example = make(session, prompt, session.final_answer if session.final_answer.strip() else None, counts)
+        if example is None:
+            continue
         counts.update(f"context_missing:{name}" for name in missing)
         key = task_key(session.task)
-        example = Example(
-            prompt=prompt,
-            reference=answer,
-            completion=answer if with_completion else None,
-            meta={
-                "session_id": session.session_id,
-                "task_key": key,
-                "reward": session.reward,
-                "learning_key": session.learning_key,
-                "execution_mode": session.execution_mode,
-            },
-        )
+        example.meta = {"session_id": session.session_id, "task_key": key, "reward": session.reward,
+                        "learning_key": session.learning_key, "execution_mode": session.execution_mode}
         kept = best.get(key)
         if kept is not None:
             counts["duplicates_collapsed"] += 1

@@ -11,7 +11,12 @@ which is continuous at both ends.
 
 Each step, with probability `lmbda` (a draw from (seed, step), the same on every rank) the completions
 are the student's own samples (the Sampler on the student, at `temperature`); otherwise the examples'
-completions, or with `seq_kd` the teacher's own samples (at `temperature`). The
+completions, or with `seq_kd` the teacher's own samples (at `temperature`). On an agent's trajectory
+(atlas.data.trajectory_examples) this is per assistant turn: each turn's context is the recorded
+conversation up to it (tool calls and results included, rendered with the tools); on-policy, the student
+samples the turn there (until the end of turn, which closes a tool call too), off-policy the recorded
+turn is used; the teacher scores exactly those tokens in that context. `jsd_per_turn` logs the summed
+JSD per assistant turn. GKD never runs tools live (GRPO's agent rollouts do). The
 teacher scores exactly the token sequences the student is trained on, prompt + completion (never the
 dataset's completion on an on-policy step), and only completion tokens count.
 The loss comes from both models' hidden states and LM heads in chunks (`Transformer.generalized_jsd`,
@@ -49,7 +54,16 @@ import torch
 import atlas.distributed as ad
 from atlas.model import Transformer
 from atlas.sampler import SamplingParams, stream_seed
-from atlas.train.data import IGNORE, as_conversation, encode_conversation, micro_batch_count, micro_batches, shard
+from atlas.train.data import (
+    IGNORE,
+    as_conversation,
+    encode_conversation,
+    micro_batch_count,
+    micro_batches,
+    shard,
+    tools_of,
+    turn_prompts,
+)
 from atlas.train.evaluate import greedy_eval
 from atlas.train.rollout import sample_rollouts
 from atlas.train.trainer import TrainConfig, Trainer
@@ -134,12 +148,13 @@ class GKD(Trainer):
         t1 = time.perf_counter()
         lengths = [sum(m[1:]) for _, m in sequences]  # completion tokens per sequence (targets start at 1)
         counts = ad.all_reduce_sums({"completion": sum(lengths), "sequences": len(lengths),
-                                     "tokens": sum(len(ids) for ids, _ in sequences)})
+                                     "tokens": sum(len(ids) for ids, _ in sequences),
+                                     "turns": sum(_runs(m) for _, m in sequences)})
         total = counts["completion"]
         if total == 0:
             raise ValueError("this step has no completion token to distil on")
         mbs = micro_batches(sequences, config.micro_batch_size, False, self.pad_id, ad.device(),
-                            count=micro_batch_count(len(prompts), config.micro_batch_size))
+                            count=micro_batch_count(len(sequences), config.micro_batch_size))
         loss_sum = torch.zeros((), dtype=torch.float64, device=ad.device())
         with ad.root_unsharded(self.teacher):
             for mb in mbs:
@@ -154,7 +169,8 @@ class GKD(Trainer):
                 self.backward(loss)
                 loss_sum += loss.detach().double()
         out = self.optimizer_step()
-        return {"loss": ad.all_reduce_sums({"loss": loss_sum})["loss"], "on_policy": int(on_policy),
+        loss = ad.all_reduce_sums({"loss": loss_sum})["loss"]
+        return {"loss": loss, "jsd_per_turn": loss * total / max(counts["turns"], 1), "on_policy": int(on_policy),
                 "completion_len_mean": total / max(counts["sequences"], 1), "tokens": counts["tokens"],
                 "rollout_s": t1 - t0, "update_s": time.perf_counter() - t1, **out}
 
@@ -164,10 +180,11 @@ class GKD(Trainer):
         config = self.config
         if on_policy or config.seq_kd:
             model = self.model if on_policy else self.teacher
-            batch = sample_rollouts(model, self.tokenizer, prompts, config.sampling_params(), (config.seed, step))
+            turns = [t for e in prompts for t in turn_prompts(e)]  # a trajectory: each turn in its recorded context
+            batch = sample_rollouts(model, self.tokenizer, turns, config.sampling_params(), (config.seed, step))
             return [(r.sequence, [0] * len(r.prompt_ids) + [1] * len(r.completion_ids)) for r in batch.rollouts]
-        return [encode_conversation(self.tokenizer, as_conversation(e)) for e in shard(prompts, ad.rank(),
-                                                                                     ad.world_size())]
+        return [seq for e in shard(prompts, ad.rank(), ad.world_size())
+                for seq in encode_conversation(self.tokenizer, as_conversation(e), tools_of(e))]
 
     def evaluate(self, examples: Sequence[Any]) -> dict[str, float]:
         config = self.config
@@ -193,3 +210,8 @@ class GKD(Trainer):
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.baseline = state.get("baseline")
+
+
+def _runs(mask: list[int]) -> int:
+    """Assistant turns in a sequence: its runs of trained tokens."""
+    return sum(1 for t, m in enumerate(mask) if m and (t == 0 or not mask[t - 1]))

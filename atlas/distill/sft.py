@@ -12,10 +12,14 @@ Log-probabilities come from `model.token_logprobs` on hidden states: the LM head
 no compute on padding; the same loss and gradients as padded rows).
 
 Data: any list of examples `atlas.train.data.as_conversation` reads (atlas.data.Example with a
-completion, {"prompt", "completion"}, {"messages"}); from runtime traces, `atlas.data.gkd_examples` over
-`load_sessions(src, min_reward=0.8, status="succeeded")` (approved only by default: configs/sft.yaml).
-Conversations longer than `max_seq_len` tokens are dropped, counted and logged (truncating would cut
-off the answer being taught).
+completion or a trajectory's messages and tools, {"prompt", "completion"}, {"messages"}); from runtime
+traces, `atlas.data.trajectory_examples` (the agent's transcripts: every assistant turn, tool calls
+included) or `gkd_examples` (task -> final answer) over `load_sessions(src, min_reward=0.8,
+status="succeeded")` (approved only by default: configs/sft.yaml). A conversation becomes one sequence,
+or one per assistant turn for a template that rewrites earlier turns (atlas.train.data); a step takes
+`batch_size` sequences. A sequence longer than `max_seq_len` tokens is cut after the last whole assistant
+turn that fits (`cut_at_turn`), or dropped when none fits (`too_long`): never truncated mid-turn. What
+preparing did is counted in `trainer.prepared` and logged.
 
 Evaluation (`eval_every`, and by `evaluate`): the held-out loss per assistant token, and with a
 `reward_fn` the greedy success rate and completion length (atlas.train.evaluate).
@@ -35,7 +39,7 @@ import torch
 
 import atlas.distributed as ad
 from atlas.model import Transformer
-from atlas.train.data import as_conversation, encode_conversation, micro_batch_count, micro_batches, shard
+from atlas.train.data import as_conversation, encode_conversation, micro_batch_count, micro_batches, shard, tools_of
 from atlas.train.evaluate import greedy_eval
 from atlas.train.trainer import TrainConfig, Trainer
 
@@ -46,7 +50,7 @@ logger = logging.getLogger("atlas.sft")
 class SFTConfig(TrainConfig):
     output_dir: str = "results/sft"
     lr: float = 1e-5
-    batch_size: int = 32  # conversations per optimizer step, over all ranks
+    batch_size: int = 32  # sequences per optimizer step, over all ranks
     max_seq_len: int = 2048
     pack: bool = True
     last_turn_only: bool = False
@@ -70,6 +74,17 @@ class Encoded:
         return sum(self.mask[1:])
 
 
+def fit_turns(ids: list[int], mask: list[int], max_len: int) -> tuple[list[int], list[int]] | None:
+    """The sequence cut after the last whole assistant turn (run of trained tokens) that ends within
+    `max_len` tokens, or None when none does; a sequence that fits is returned as is."""
+    if len(ids) <= max_len:
+        return ids, mask
+    ends = [t + 1 for t in range(max_len) if mask[t] and (t + 1 == len(mask) or not mask[t + 1])]
+    if not ends or not any(mask[1:ends[-1]]):
+        return None
+    return ids[:ends[-1]], mask[:ends[-1]]
+
+
 class SFT(Trainer):
     """`SFT(model, tokenizer, SFTConfig(...)).train(examples, eval_examples)`; see the module docstring.
 
@@ -82,21 +97,26 @@ class SFT(Trainer):
         super().__init__(model, tokenizer, config)
         self.batch_size = config.batch_size
         self.reward_fn = reward_fn
-        self.dropped: Counter[str] = Counter()
+        self.prepared: Counter[str] = Counter()  # what prepare() did, by reason
 
     def prepare(self, examples: Sequence[Any]) -> list[Encoded]:
-        out = []
+        out, counts = [], self.prepared
         for example in examples:
-            ids, mask = encode_conversation(self.tokenizer, as_conversation(example), self.config.last_turn_only)
-            if len(ids) > self.config.max_seq_len:
-                self.dropped["too_long"] += 1
-                continue
-            out.append(Encoded(ids, mask, example))
-        if self.dropped:
-            logger.warning("dropped %d conversations longer than max_seq_len=%d tokens", self.dropped["too_long"],
-                           self.config.max_seq_len)
+            for ids, mask in encode_conversation(self.tokenizer, as_conversation(example), tools_of(example),
+                                                 self.config.last_turn_only, counts):
+                fitted = fit_turns(ids, mask, self.config.max_seq_len)
+                if fitted is None:
+                    counts["too_long"] += 1
+                    continue
+                counts["cut_at_turn"] += len(fitted[0]) < len(ids)
+                out.append(Encoded(*fitted, example))
+        counts["sequences"] += len(out)
+        notes = {k: v for k, v in counts.items() if k != "sequences" and v}
+        if notes:
+            logger.warning("prepared %d sequences from %d examples: %s (max_seq_len=%d)", len(out), len(examples),
+                           notes, self.config.max_seq_len)
         if not out:
-            raise ValueError(f"no example is left to train on ({len(examples)} given, {dict(self.dropped)} dropped)")
+            raise ValueError(f"no example is left to train on ({len(examples)} given: {dict(counts)})")
         return out
 
     def step(self, conversations: list[Encoded]) -> dict[str, float]:
@@ -116,8 +136,9 @@ class SFT(Trainer):
         self.model.eval()
         with torch.no_grad():
             result = {"loss": self._nll(examples, total, train=False) / total}
-            if self.reward_fn is not None:
-                result.update(greedy_eval(self.model, self.tokenizer, [e.example for e in examples], self.reward_fn,
+            if self.reward_fn is not None:  # each example once, however many sequences it made
+                unique = list({id(e.example): e.example for e in examples}.values())
+                result.update(greedy_eval(self.model, self.tokenizer, unique, self.reward_fn,
                                           max_new_tokens=self.config.eval_max_new_tokens,
                                           batch_size=self.config.micro_batch_size * 8))
         self.model.train(was_training)
@@ -129,7 +150,7 @@ class SFT(Trainer):
         size, device = self.config.micro_batch_size, ad.device()
         mine = shard(conversations, ad.rank(), ad.world_size())
         mbs = micro_batches([(e.ids, e.mask) for e in mine], size, self.config.pack, self.pad_id, device,
-                            count=micro_batch_count(len(conversations), size))
+                            count=micro_batch_count(len(mine), size))
         nll = torch.zeros((), dtype=torch.float64, device=device)
         for mb in mbs:
             hidden = self.model(mb.input_ids_BT, return_hidden=True, **mb.forward_kwargs())

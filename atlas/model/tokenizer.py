@@ -29,7 +29,8 @@ checkpoint's eos is often `<|endoftext|>` while its chat template closes turns w
 first token after the assistant's content is taken when it is a special token; a template that renders
 no such token, or cannot render that conversation, gives none (never an error: rendering works as
 before). `stop_token_ids` is the eos plus those: what the sampler stops on, what SFT trains as the
-turn's last token, and what the HF export's generation_config.json lists.
+turn's last token, and what the HF export's generation_config.json lists. Read the same way, once:
+`reasoning_key` (which message key, if any, the template renders as reasoning) and `renders_tool_calls`.
 
 Left out: slow (sentencepiece/tiktoken-only) tokenizers, `continue_final_message`, tool schemas from
 Python callables.
@@ -124,6 +125,25 @@ class Tokenizer:
         tail = self._tok.encode(text[at + len(sentinel):], add_special_tokens=False).ids
         specials = {i for i, t in self._tok.get_added_tokens_decoder().items() if t.special}
         return tail[:1] if tail and tail[0] in specials else []
+
+    @functools.cached_property
+    def reasoning_key(self) -> str | None:
+        """The assistant-message key whose text the chat template renders as reasoning ("reasoning_content"
+        for Qwen3 and DeepSeek, "thinking" for others), or None when it renders none: read once by
+        rendering a one-turn conversation, never raising."""
+        for key in REASONING_KEYS:
+            if _renders(self, [{"role": "user", "content": "Hi."},
+                               {"role": "assistant", "content": "Done.", key: _SENTINEL}]):
+                return key
+        return None
+
+    @functools.cached_property
+    def renders_tool_calls(self) -> bool:
+        """Whether the chat template writes an assistant message's `tool_calls` (a template that does not
+        would train an agent's turns without its calls)."""
+        call = {"id": "call_0", "type": "function", "function": {"name": _SENTINEL, "arguments": {}}}
+        return _renders(self, [{"role": "user", "content": "Hi."},
+                               {"role": "assistant", "content": "", "tool_calls": [call]}])
 
     @property
     def stop_token_ids(self) -> list[int]:
@@ -230,6 +250,18 @@ class Tokenizer:
         if self.chat_template is not None:
             config["chat_template"] = self.chat_template
         (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+REASONING_KEYS = ("reasoning_content", "thinking", "reasoning")
+_SENTINEL = "sentinel7f3a"
+
+
+def _renders(tokenizer: Tokenizer, messages: list[dict[str, Any]]) -> bool:
+    """Whether rendering `messages` writes the sentinel; a template that cannot render them does not."""
+    try:
+        return _SENTINEL in tokenizer.apply_chat_template(messages, add_generation_prompt=False)
+    except Exception:  # noqa: BLE001 (a template's own error means: it does not render this)
+        return False
 
 
 def stop_ids(eos_token_id: list[int], tokenizer: Tokenizer | None) -> list[int]:

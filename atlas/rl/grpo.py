@@ -297,8 +297,7 @@ class GRPO(Trainer):
 
     def _micro_batches(self, rollouts: list[Rollout]) -> list[RolloutMicroBatch]:
         config = self.config
-        count = micro_batch_count(config.prompts_per_step * config.num_generations, config.micro_batch_size,
-                                  group=config.num_generations)
+        count = micro_batch_count(len(rollouts), config.micro_batch_size)
         return rollout_micro_batches(rollouts, config.micro_batch_size, self.pad_id, ad.device(), count,
                                      [config.mask_truncated and r.truncated for r in rollouts])
 

@@ -1,19 +1,24 @@
 """Training data as the trainers consume it: conversations to token ids with the assistant's tokens marked,
 the global order of examples, and micro-batches (padded or packed).
 
-Which tokens are the assistant's is decided by the checkpoint's own chat template:
-- a template with `{% generation %}` blocks marks them itself (transformers' return_assistant_tokens_mask;
-  atlas.model.Tokenizer computes the same mask);
-- otherwise the conversation is rendered turn by turn: for each assistant turn k, the text of turns < k with
-  the generation prompt is a prefix P_k of the full rendering, and the text through turn k is a prefix
-  U_k; the assistant's characters are U_k[len(P_k):], up to and including the last end-of-turn token
-  (`tokenizer.stop_token_ids`: the eos or the template's end of turn) in it, so the model learns to stop
-  where the sampler stops, and the separator after the turn is not trained.
-  A template that rewrites earlier turns (Qwen3 drops earlier turns' reasoning) breaks the prefix
-  property: that is a ValueError, unless `last_turn_only` (then only the final assistant turn is trained,
-  whose prefix is rendered exactly as in the full text).
-The full text is tokenized once and a token counts when its characters overlap an assistant span, so
-token boundaries are the full rendering's, exactly what the model sees.
+Which tokens are the assistant's is decided by the checkpoint's own chat template, with the conversation's
+tool schemas (`tools=`) when it has them. Every assistant turn is trained (tool calls included; user,
+tool and system turns are context), or only the last with `last_turn_only`. For each assistant turn k,
+P_k is the rendering of the turns before it with the generation prompt (the context the model wrote the
+turn in) and U_k the rendering through turn k:
+- when every P_k is a prefix of U_k and every U_k a prefix of the whole rendering, the conversation is
+  one sequence: the template's `{% generation %}` blocks mark the assistant's tokens (transformers'
+  return_assistant_tokens_mask; atlas.model.Tokenizer computes the same mask), or, without blocks, the
+  characters U_k[len(P_k):] up to and including the last end-of-turn token in them
+  (`tokenizer.stop_token_ids`: the eos or the template's end of turn), so the model learns to stop where
+  the sampler stops, and the separator after the turn is not trained;
+- a template that rewrites earlier turns (Qwen3 drops earlier turns' reasoning and thinks anew in the
+  last) breaks that: each turn is then its own sequence, U_k with turn k marked, the turn in exactly the
+  context the template gave it when it was the last (counted as `per_turn`).
+A text is tokenized once and a token counts when its characters overlap an assistant span, so token
+boundaries are the rendering's, exactly what the model sees. Reasoning (`reasoning_content`) goes to the
+key the template renders it from (`Tokenizer.reasoning_key`), or is dropped and counted
+(`reasoning_dropped`) when it renders none; tool calls need a template that renders them.
 
 Order: `DataOrder` draws a permutation of the examples per epoch from (seed, epoch), the same on every
 rank; a step takes the next `batch_size` indices (crossing epoch ends) and each rank then takes its share
@@ -34,6 +39,7 @@ Left out: dynamic batching by token budget, multimodal content, tool-call schema
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -47,8 +53,10 @@ IGNORE = -100
 
 
 def as_conversation(example: Any) -> list[dict[str, Any]]:
-    """Chat messages of an example: an atlas.data.Example (prompt + completion), or a dict with
-    "messages", or with "prompt" (a string or messages) and "completion" (a string)."""
+    """Chat messages of an example: an atlas.data.Example (its trajectory's messages, or prompt +
+    completion), or a dict with "messages", or with "prompt" (a string or messages) and "completion"."""
+    if getattr(example, "messages", None) is not None:  # a trajectory: the whole conversation
+        return list(example.messages)
     if hasattr(example, "prompt") and hasattr(example, "completion"):
         if example.completion is None:
             raise ValueError("this Example has no completion (GRPO examples do not) and so nothing to learn from: "
@@ -87,10 +95,27 @@ def prompt_messages(example: Any) -> list[dict[str, Any]]:
                      f"got {str(example)[:120]!r}")
 
 
+def turn_prompts(example: Any) -> list[Any]:
+    """A trajectory (an Example with `messages`) as one prompt per assistant turn: the recorded
+    conversation before the turn, with the example's tools; any other example as itself."""
+    messages = getattr(example, "messages", None)
+    if messages is None:
+        return [example]
+    return [{"prompt": messages[:k], "tools": example.tools} for k, m in enumerate(messages)
+            if m["role"] == "assistant"]
+
+
+def tools_of(example: Any) -> list[dict[str, Any]] | None:
+    """The tool schemas an example's template renders: Example.tools, or a dict's "tools"."""
+    return example.get("tools") if isinstance(example, dict) else getattr(example, "tools", None)
+
+
 def prompt_ids(tokenizer: Tokenizer, example: Any) -> list[int]:
-    """The ids a model is prompted with for an example: its prompt messages through the chat template, the
-    generation prompt added (what sampling, evaluation and the log-probabilities after it all use)."""
-    return tokenizer.apply_chat_template(prompt_messages(example), add_generation_prompt=True, tokenize=True)
+    """The ids a model is prompted with for an example: its prompt messages (and tool schemas) through the
+    chat template, the generation prompt added (what sampling, evaluation and the log-probabilities after
+    it all use)."""
+    return tokenizer.apply_chat_template(prompt_messages(example), add_generation_prompt=True, tokenize=True,
+                                         tools=tools_of(example))
 
 
 def reference_of(example: Any) -> str | None:
@@ -117,36 +142,81 @@ def reward_inputs(examples: Sequence[Any]) -> tuple[list[Any], dict[str, list[An
     return prompts, {"answers": references} if any(r is not None for r in references) else {}
 
 
-def encode_conversation(tokenizer: Tokenizer, messages: list[dict[str, Any]],
-                        last_turn_only: bool = False) -> tuple[list[int], list[int]]:
-    """(token ids of the whole conversation, 0/1 mask of the assistant's tokens); see the module docstring."""
+def encode_conversation(tokenizer: Tokenizer, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
+                        last_turn_only: bool = False, counts: Counter[str] | None = None,
+                        ) -> list[tuple[list[int], list[int]]]:
+    """The sequences that train a conversation's assistant turns, each (token ids, 0/1 mask of the trained
+    tokens): one, or one per turn for a template that rewrites earlier turns; see the module docstring.
+    `counts` (optional) is told what was adapted: per_turn, reasoning_dropped."""
+    messages = _for_template(tokenizer, messages, counts)
     turns = [k for k, m in enumerate(messages) if m["role"] == "assistant"]
     if not turns:
         raise ValueError("a training conversation needs at least one assistant turn")
-    if tokenizer.chat_template is not None and has_generation_blocks(tokenizer.chat_template):
-        out = tokenizer.apply_chat_template(messages, add_generation_prompt=False, return_assistant_tokens_mask=True)
-        ids, mask = out["input_ids"], out["assistant_masks"]
-        if last_turn_only:
-            mask = _last_run(mask)
-        if not any(mask):
-            raise ValueError("the chat template's {% generation %} blocks marked no token of this conversation")
-        return ids, mask
-    full = tokenizer.apply_chat_template(messages, add_generation_prompt=False)
+    if turns[0] == 0:
+        raise ValueError("a conversation cannot open with an assistant turn: there is no prompt to condition on")
+
+    def render(upto: int, generation_prompt: bool) -> str:
+        return tokenizer.apply_chat_template(messages[:upto], add_generation_prompt=generation_prompt, tools=tools)
+
+    full = render(len(messages), False)
+    context = {k: render(k, True) for k in turns}
+    through = {k: render(k + 1, False) for k in turns}
+    for k in turns:
+        if not through[k].startswith(context[k]):
+            raise ValueError(f"the chat template renders assistant turn {k} so that it does not continue the "
+                             "context it was generated in (with the generation prompt): no span of it can be "
+                             "told the assistant's; use a template whose turns follow their generation prompt")
+    trained = turns[-1:] if last_turn_only else turns
+    blocks = has_generation_blocks(tokenizer.chat_template)
     closers = [tokenizer.decode([i]) for i in tokenizer.stop_token_ids]
-    spans = []
-    for k in turns[-1:] if last_turn_only else turns:
-        if k == 0:
-            raise ValueError("a conversation cannot open with an assistant turn: there is no prompt to condition on")
-        prefix = tokenizer.apply_chat_template(messages[:k], add_generation_prompt=True)
-        upto = tokenizer.apply_chat_template(messages[:k + 1], add_generation_prompt=False)
-        if not (upto.startswith(prefix) and full.startswith(upto)):
-            raise ValueError(
-                f"the chat template renders turn {k} differently inside the whole conversation than on its own "
-                "(it rewrites earlier turns, as Qwen3's drops earlier reasoning), so which tokens are the "
-                "assistant's cannot be told for every turn; pass last_turn_only=True to train on the final "
-                "assistant turn only, or use a template with {% generation %} blocks")
-        spans.append((len(prefix), _turn_end(upto, len(prefix), closers)))
-    return tokenizer.encode_with_spans(full, spans)
+    if all(full.startswith(through[k]) for k in turns):
+        if blocks:
+            out = tokenizer.apply_chat_template(messages, add_generation_prompt=False, tools=tools,
+                                                return_assistant_tokens_mask=True)
+            ids, mask = out["input_ids"], out["assistant_masks"]
+            mask = _last_run(mask) if last_turn_only else mask
+        else:
+            ids, mask = tokenizer.encode_with_spans(full, [(len(context[k]), _turn_end(through[k], len(context[k]),
+                                                                                   closers)) for k in trained])
+        if not any(mask):
+            raise ValueError("the chat template marked no token of this conversation as the assistant's")
+        return [(ids, mask)]
+    if counts is not None:
+        counts["per_turn"] += 1
+    out = []
+    for k in trained:
+        if blocks:
+            enc = tokenizer.apply_chat_template(messages[:k + 1], add_generation_prompt=False, tools=tools,
+                                                return_assistant_tokens_mask=True)
+            out.append((enc["input_ids"], _last_run(enc["assistant_masks"])))
+        else:
+            out.append(tokenizer.encode_with_spans(through[k], [(len(context[k]), _turn_end(
+                through[k], len(context[k]), closers))]))
+    return out
+
+
+def _for_template(tokenizer: Tokenizer, messages: list[dict[str, Any]],
+                  counts: Counter[str] | None) -> list[dict[str, Any]]:
+    """The messages as the template reads them: reasoning under the template's key or dropped (counted);
+    tool calls only for a template that renders them."""
+    if any("tool_calls" in m for m in messages) and not tokenizer.renders_tool_calls:
+        raise ValueError("this conversation has tool calls but the chat template does not render them (training "
+                         "on it would teach the turns without their calls): choose a template that renders "
+                         "tool_calls (chat_template=...)")
+    if not any("reasoning_content" in m for m in messages):
+        return messages
+    key = tokenizer.reasoning_key
+    out = []
+    for m in messages:
+        if "reasoning_content" in m and key != "reasoning_content":
+            m = {k: v for k, v in m.items() if k != "reasoning_content"}
+            if key is None:
+                if counts is not None:
+                    counts["reasoning_dropped"] += 1
+            else:
+                m[key] = messages[len(out)]["reasoning_content"]
+        out.append(m)
+    return out
 
 
 def _turn_end(text: str, start: int, closers: list[str]) -> int:
@@ -228,11 +298,11 @@ def targets_of(ids: list[int], mask: list[int]) -> list[int]:
     return [ids[t + 1] if mask[t + 1] else IGNORE for t in range(len(ids) - 1)] + [IGNORE]
 
 
-def micro_batch_count(sequences: int, size: int, group: int = 1) -> int:
-    """Micro-batches every rank runs for a step of `sequences` over all ranks, split rank by rank in groups
-    of `group` that stay together (GRPO's G completions of a prompt): enough for the rank with the most."""
-    per_rank = math.ceil(sequences / group / ad.world_size()) * group
-    return max(1, math.ceil(per_rank / size))
+def micro_batch_count(local: int, size: int) -> int:
+    """Micro-batches every rank runs when this rank has `local` sequences: enough for the rank with the most
+    (every rank must call it: a max over ranks)."""
+    most = ad.all_reduce(torch.tensor([local], device=ad.device()), "max").item()
+    return max(1, math.ceil(most / size))
 
 
 def micro_batches(sequences: Sequence[tuple[list[int], list[int]]], size: int, pack: bool, pad_id: int,

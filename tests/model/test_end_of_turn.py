@@ -59,7 +59,7 @@ def test_sft_trains_the_end_of_turn_and_the_export_stops_on_it(base_checkpoint, 
         "{% generation %}", "").replace("{% endgeneration %}", ""))  # masked turn by turn
     conversation = [{"role": "user", "content": "What is 1 + 2?"}, {"role": "assistant", "content": "3"}]
     for t in (tok, no_blocks):
-        ids, mask = encode_conversation(t, conversation)
+        (ids, mask), = encode_conversation(t, conversation)
         trained = [i for i, m in zip(ids, mask) if m]
         assert trained[-1] == tok.token_to_id("<|im_end|>") and tok.decode(trained) == "3<|im_end|>"
     export_hf(am.from_pretrained(base_checkpoint), tmp_path / "hf", tok)

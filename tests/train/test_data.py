@@ -1,6 +1,8 @@
 """Which tokens are the assistant's (vs transformers, and decoded on ChatML / Llama-3 templates), the data
 order, and micro-batches."""
 
+from collections import Counter
+
 import pytest
 import torch
 
@@ -51,18 +53,18 @@ def test_generation_blocks_match_transformers(dirs):
 
     tok = am.Tokenizer.from_pretrained(dirs["generation"])
     assert tok.chat_template == QWEN3_TEMPLATE
-    ids, mask = encode_conversation(tok, CONVERSATION)
+    (ids, mask), = encode_conversation(tok, CONVERSATION)
     ref = AutoTokenizer.from_pretrained(dirs["generation"]).apply_chat_template(
         CONVERSATION, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
     assert ids == ref["input_ids"] and mask == ref["assistant_masks"]
     assert _runs(tok, ids, mask) == ["The answer is 84.<|im_end|>", "21<|im_end|>"]
-    _, last = encode_conversation(tok, CONVERSATION, last_turn_only=True)
+    ((_, last),) = encode_conversation(tok, CONVERSATION, last_turn_only=True)
     assert _runs(tok, ids, last) == ["21<|im_end|>"]
 
 
 def test_chatml_without_blocks_is_rendered_turn_by_turn(dirs):
     tok = am.Tokenizer.from_pretrained(dirs["chatml"], chat_template="chatml")
-    ids, mask = encode_conversation(tok, CONVERSATION)
+    (ids, mask), = encode_conversation(tok, CONVERSATION)
     assert ids == tok.apply_chat_template(CONVERSATION, add_generation_prompt=False, tokenize=True)
     # each turn's content and its end-of-turn token; not the role header, not the newline after
     assert _runs(tok, ids, mask) == ["The answer is 84.<|im_end|>", "21<|im_end|>"]
@@ -71,20 +73,25 @@ def test_chatml_without_blocks_is_rendered_turn_by_turn(dirs):
 def test_llama3_template_turn_by_turn(dirs):
     tok = am.Tokenizer.from_pretrained(dirs["llama3"])
     assert tok.chat_template == LLAMA3_TEMPLATE
-    ids, mask = encode_conversation(tok, CONVERSATION)
+    (ids, mask), = encode_conversation(tok, CONVERSATION)
     assert ids[0] == tok.token_to_id("<|begin_of_text|>")
     assert _runs(tok, ids, mask) == ["The answer is 84.<|eot_id|>", "21<|eot_id|>"]
 
 
-def test_a_template_that_rewrites_earlier_turns_is_refused_unless_last_turn_only(dirs):
+def test_a_template_that_rewrites_earlier_turns_trains_each_turn_in_its_own_context(dirs):
     tok = am.Tokenizer.from_pretrained(dirs["chatml"], chat_template=REWRITING)
     thinking = [CONVERSATION[1], {"role": "assistant", "content": "<think>7 twelves</think>84"},
                 CONVERSATION[3], {"role": "assistant", "content": "<think>7 threes</think>21"}]
-    with pytest.raises(ValueError, match="last_turn_only"):
-        encode_conversation(tok, thinking)
-    ids, mask = encode_conversation(tok, thinking, last_turn_only=True)
-    assert _runs(tok, ids, mask) == ["<think>7 threes</think>21<|im_end|>"]
-    assert "7 twelves" not in tok.decode(ids)  # the full rendering, as the model will see it
+    counts = Counter()
+    first, second = encode_conversation(tok, thinking, counts=counts)
+    assert counts["per_turn"] == 1
+    # each turn with its reasoning, in the context the template rendered when it was the last turn
+    assert _runs(tok, *first) == ["<think>7 twelves</think>84<|im_end|>"]
+    assert first[0] == tok.apply_chat_template(thinking[:2], add_generation_prompt=False, tokenize=True)
+    assert _runs(tok, *second) == ["<think>7 threes</think>21<|im_end|>"]
+    assert "7 twelves" not in tok.decode(second[0])  # the full rendering, as the model sees it then
+    ((ids, mask),) = encode_conversation(tok, thinking, last_turn_only=True)
+    assert (ids, mask) == second
 
 
 def test_conversation_needs_an_assistant_turn(dirs):

@@ -48,7 +48,7 @@ def test_loss_is_the_mean_nll_of_the_assistant_tokens(files, tmp_path):
     data = trainer.prepare([EXAMPLES[3], MULTI])
     expected, count = 0.0, 0
     for example in data:
-        ids, mask = encode_conversation(trainer.tokenizer, _conversation(example.example))
+        (ids, mask), = encode_conversation(trainer.tokenizer, _conversation(example.example))
         with torch.no_grad():
             logp = trainer.model(torch.tensor([ids]))[0].double().log_softmax(-1)
         for t in range(1, len(ids)):
@@ -132,11 +132,15 @@ def test_a_short_run_lowers_the_held_out_loss(files, tmp_path):
     assert len(evals) == 2 and evals[1] < 0.7 * evals[0]
 
 
-def test_too_long_conversations_are_dropped_and_counted(files, tmp_path):
+def test_too_long_conversations_are_cut_at_a_whole_turn_or_dropped_and_counted(files, tmp_path):
     trainer = _trainer(files, tmp_path, max_seq_len=40)
     kept = trainer.prepare(EXAMPLES[:3] + [MULTI])
-    assert len(kept) == 3 and trainer.dropped["too_long"] == 1
-    with pytest.raises(ValueError, match="no example is left"):
+    (ids, mask), = encode_conversation(trainer.tokenizer, MULTI["messages"])
+    assert len(ids) > 40 and len(kept) == 4 and trainer.prepared["cut_at_turn"] == 1
+    cut = kept[3]  # the second turn does not fit: the conversation ends after the first, whole
+    assert cut.ids == ids[:len(cut.ids)] and cut.mask == mask[:len(cut.ids)] and cut.mask[-1] == 1
+    assert trainer.tokenizer.decode([i for i, m in zip(cut.ids, cut.mask) if m]) == "The answer is 14.<|im_end|>"
+    with pytest.raises(ValueError, match="no example is left.*'too_long': 3"):  # no turn fits: dropped, counted
         _trainer(files, tmp_path, max_seq_len=5).prepare(EXAMPLES[:3])
 
 
