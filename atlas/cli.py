@@ -172,10 +172,13 @@ def _train(args: argparse.Namespace) -> int:
 
 def dry_run_report(recipe) -> dict[str, Any]:
     """What a run would do, without loading weights or training: the resolved recipe, the data (sessions
-    kept and excluded by reason, examples per split) and one rendered prompt."""
+    kept and excluded by reason, examples per split, the transcripts and tool schemas of a trajectory
+    dataset) and its first example: the prompt rendered, and for SFT and GKD the whole training text and
+    `sample_trained_spans` (the decoded text of each run of trained tokens: what the model learns to write)."""
     import atlas.model as am
+    from atlas.data.stats import TranscriptStats
     from atlas.recipes import describe, load_data
-    from atlas.train.data import prompt_messages
+    from atlas.train.data import as_conversation, encode_conversation, prompt_messages, tools_of
 
     train, evals, report = load_data(recipe, allow_empty=True)
     tokenizer = am.Tokenizer.from_pretrained(recipe.path(recipe.model), chat_template=recipe.chat_template)
@@ -183,15 +186,45 @@ def dry_run_report(recipe) -> dict[str, Any]:
     for name, split, small in (("train", train, 1), ("eval", evals, 20)):
         if len(split) < small or not split:
             notes.append(f"the {name} split is {'empty' if not split else 'small'} ({len(split)} examples)")
-    sample = None
-    if train or evals:
-        messages = prompt_messages((train or evals)[0])
-        if recipe.recipe == "teacher":  # what the teacher is prompted with; the diagnostic comes at run time
-            question = [m["content"] for m in messages if m["role"] == "user"][-1]
-            messages = [{"role": "user", "content": recipe.train.teacher_prompt.format(
-                question=question, diagnostic="<the student's diagnostic>")}]
-        sample = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
-    return {"recipe": describe(recipe), "data": report, "sample_prompt": sample, "notes": notes}
+    out: dict[str, Any] = {"recipe": describe(recipe), "data": report, "sample_prompt": None, "notes": notes}
+    if report.get("format") == "trajectory":
+        transcripts = TranscriptStats()
+        for e in [*train, *evals]:
+            if e.messages:
+                transcripts.add(e.messages)
+        for key, n in report["examples"].items():
+            if key.startswith("answer_form:unreadable:"):
+                transcripts.unreadable[key.removeprefix("answer_form:unreadable:")] += n
+        report["transcripts"] = transcripts.as_dict()
+    if not (train or evals):
+        return out
+    first = (train or evals)[0]
+    messages = prompt_messages(first)
+    if recipe.recipe == "teacher":  # what the teacher is prompted with; the diagnostic comes at run time
+        question = [m["content"] for m in messages if m["role"] == "user"][-1]
+        messages = [{"role": "user", "content": recipe.train.teacher_prompt.format(
+            question=question, diagnostic="<the student's diagnostic>")}]
+    out["sample_prompt"] = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tools=tools_of(first))
+    if recipe.recipe in ("sft", "gkd"):
+        conversation = as_conversation(first)
+        out["sample_example"] = tokenizer.apply_chat_template(conversation, add_generation_prompt=False,
+                                                              tools=tools_of(first))
+        try:
+            out["sample_trained_spans"] = [tokenizer.decode(run) for ids, mask in encode_conversation(
+                tokenizer, conversation, tools_of(first)) for run in _runs(ids, mask)]
+        except ValueError as e:  # what training would stop on: said here, with the data report beside it
+            out["sample_trained_spans"] = None
+            notes.append(f"the first example cannot be trained on: {e}")
+    return out
+
+
+def _runs(ids: list[int], mask: list[int]) -> list[list[int]]:
+    """The runs of masked tokens of a sequence."""
+    runs: list[list[int]] = []
+    for t, (i, m) in enumerate(zip(ids, mask)):
+        if m:
+            (runs[-1] if t and mask[t - 1] else runs.append([]) or runs[-1]).append(i)
+    return runs
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -27,8 +27,11 @@ directory; `embedded:<name>` names a checkpoint shipped in the package (atlas/em
 Data. `embedded`: the built-in addition task (atlas.embedded.task), its own train/eval split, references
 for the rule reward, completions for SFT. A trace source: sessions through `atlas.data.load_sessions`
 with the data filters (approved only by default; configs/sft.yaml also asks for `min_reward: 0.8` and
-`status: succeeded`), then `grpo_examples` (prompts, references = final answers) or `gkd_examples`
-(prompt + final answer), deduplicated and split by a stable hash of the task.
+`status: succeeded`), then for SFT and GKD `data.format`: `trajectory` (the default:
+`trajectory_examples`, the agent's transcripts as multi-turn tool-call conversations, with
+`data.tool_schemas` or schemas inferred from the calls) or `answer` (`gkd_examples`: prompt + final
+answer); for GRPO and the teaching recipe `grpo_examples` (prompts, references = final answers); all
+deduplicated and split by a stable hash of the task.
 
 Models: the trained model is read in fp32 (its master weights), a frozen one (GKD's teacher) in the
 compute dtype, through `atlas.distributed.load_pretrained` (under torchrun sharded as it is read). Every
@@ -69,6 +72,8 @@ class DataSpec:
     on_error: Literal["raise", "skip"] = "raise"
     eval_fraction: float = 0.1
     eval_limit: int | None = 200
+    format: Literal["trajectory", "answer"] | None = None  # sft/gkd: the agent's transcripts (default) or the answer
+    tool_schemas: str | None = None  # trajectories: a JSON file of the agent's tool schemas (default: inferred)
 
     def __post_init__(self) -> None:
         check_types(self, "data.")
@@ -150,22 +155,41 @@ def load_data(recipe: Recipe, allow_empty: bool = False) -> tuple[list[Any], lis
         train, evals = task.examples("train"), task.examples("eval")
         report = {"source": "embedded", "task": "two-digit addition (atlas.embedded.task)"}
     else:
-        from atlas.data import gkd_examples, grpo_examples, load_sessions
+        from atlas.data import gkd_examples, grpo_examples, load_sessions, trajectory_examples
 
         source = spec.source if spec.source.startswith(("postgresql://", "postgres://")) else recipe.path(spec.source)
         sessions = load_sessions(source, review_status=spec.review_status, min_reward=spec.min_reward,
                                  learning_key=spec.learning_key, status=spec.status, limit=spec.limit,
                                  on_error=spec.on_error)
-        examples = grpo_examples if recipe.recipe in ("grpo", "teacher") else gkd_examples
-        split = examples(sessions, eval_fraction=spec.eval_fraction)
+        form = data_format(recipe)
+        if recipe.recipe in ("grpo", "teacher"):
+            split = grpo_examples(sessions, eval_fraction=spec.eval_fraction)
+        elif form == "trajectory":
+            schemas = recipe.path(spec.tool_schemas) if spec.tool_schemas else None
+            split = trajectory_examples(sessions, tool_schemas=schemas, eval_fraction=spec.eval_fraction)
+        else:
+            split = gkd_examples(sessions, eval_fraction=spec.eval_fraction)
         train, evals = split.train, split.eval
-        report = {"sessions": sessions.as_dict(), "examples": dict(split.counts)}
+        report = {"sessions": sessions.as_dict(), "format": form, "examples": dict(split.counts)}
+        if split.tools is not None:
+            given = "inferred from the calls" if split.tools_inferred else spec.tool_schemas
+            report["tool_schemas"] = {"source": given, "tools": split.tools}
     if spec.eval_limit is not None:
         evals = evals[:spec.eval_limit]
     report.update(train_examples=len(train), eval_examples=len(evals))
     if not train and not allow_empty:
         raise ValueError(f"no training examples from {spec.source!r} (with these filters): {report}")
     return train, evals, report
+
+
+def data_format(recipe: Recipe) -> str:
+    """What a trace source becomes: "trajectory" (the agent's transcripts: SFT's and GKD's default) or
+    "answer" (task -> final answer); GRPO and the teaching recipe take prompts, and sample their own."""
+    form = recipe.data.format or ("trajectory" if recipe.recipe in ("sft", "gkd") else "answer")
+    if form == "trajectory" and recipe.recipe not in ("sft", "gkd"):
+        raise ValueError(f"data.format: trajectory is for the sft and gkd recipes; the {recipe.recipe} recipe "
+                         "samples from the task (set data.format: answer, or leave it unset)")
+    return form
 
 
 def load_model(recipe: Recipe, name: str, frozen: bool = False):

@@ -12,6 +12,7 @@ import torch
 
 from atlas.cli import main
 from tests.data.records import FIXTURES, write_jsonl
+from tests.tiny import TOOLS_TEMPLATE
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -49,9 +50,22 @@ def test_a_postgres_password_never_reaches_the_report(tmp_path):
     assert "s3cret" not in json.dumps(describe(recipe))
 
 
+def tool_recipe(tmp_path) -> Path:
+    """configs/sft.yaml with a chat template that renders tools (tests.tiny.TOOLS_TEMPLATE, Hermes-style calls
+    over the embedded tokenizer's ChatML tokens): SFT trains on the agent's transcripts, tool calls included."""
+    import yaml
+
+    recipe = yaml.safe_load((CONFIGS / "sft.yaml").read_text())
+    recipe.update(model=str(ROOT / "atlas" / "embedded" / "models" / "student"),
+                  chat_template=TOOLS_TEMPLATE)
+    path = tmp_path / "sft_tools.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
 def _train_eval_plot(tmp_path, source, name):
     run = tmp_path / name
-    _atlas(["train", str(CONFIGS / "sft.yaml"), f"traces={source}", "min_reward=null", "status=null",
+    _atlas(["train", str(tool_recipe(tmp_path)), f"traces={source}", "min_reward=null", "status=null",
             "eval_fraction=0.3", "max_steps=2", "batch_size=4", "eval_every=0", f"output_dir={run}"], tmp_path)
     from transformers import AutoModelForCausalLM
 
@@ -69,7 +83,7 @@ def _train_eval_plot(tmp_path, source, name):
     generation = json.loads((hf / "generation_config.json").read_text())
     assert am.Tokenizer.from_pretrained(hf).eos_token_id in generation["eos_token_id"]
     evaluation = json.loads(_atlas(["eval", str(hf), f"traces={source}", "min_reward=null", "status=null",
-                                    "eval_fraction=0.3", "--config", str(CONFIGS / "sft.yaml"), "--json"], tmp_path))
+                                    "eval_fraction=0.3", "--config", str(tool_recipe(tmp_path)), "--json"], tmp_path))
     assert evaluation["n"] >= 1 and 0 <= evaluation["success_rate"] <= 1
     png = _atlas(["plot", str(run)], tmp_path).strip()
     assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -124,6 +124,32 @@ QWEN3_TEMPLATE = """{%- if tools %}
 {%- endif %}"""
 
 
+# Hermes-style tool calling (Qwen2.5's format) in a compact ChatML template: tools listed by signature, calls
+# in <tool_call> blocks, results in their own turns; no {% generation %} blocks (masked turn by turn).
+TOOLS_TEMPLATE = """{%- if tools %}
+{{- '<|im_start|>system\n' + (messages[0].content + '\n' if messages[0].role == 'system' else '') + 'Tools:' }}
+{%- for tool in tools %}
+{{- ' ' + tool.function.name + '(' + tool.function.parameters.properties | list | join(', ') + ')' }}
+{%- endfor %}
+{{- '<|im_end|>\n' }}
+{%- elif messages[0].role == 'system' %}{{- '<|im_start|>system\n' + messages[0].content + '<|im_end|>\n' }}
+{%- endif %}
+{%- for message in messages %}
+{%- if message.role == 'assistant' %}
+{{- '<|im_start|>assistant\n' + (message.content or '') }}
+{%- for call in message.tool_calls or [] %}
+{{- '<tool_call>{"name": "' + call.function.name + '", "arguments": ' }}
+{{- call.function.arguments | tojson + '}</tool_call>' }}
+{%- endfor %}
+{{- '<|im_end|>\n' }}
+{%- elif message.role == 'tool' %}{{- '<|im_start|>tool\n' + message.content + '<|im_end|>\n' }}
+{%- elif not (message.role == 'system' and loop.first) %}
+{{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>\n' }}
+{%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}"""
+
+
 def build_tokenizer(directory: Path, style: str = "chatml", vocab_size: int = 320,
                     chat_template: str | None = "default") -> Path:
     """Train a byte-level BPE tokenizer on a small corpus and save it the way transformers does.

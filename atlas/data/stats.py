@@ -2,7 +2,10 @@
 
 Counts by review status, status and execution mode; the session-reward distribution (quantiles and a
 10-bin histogram over [0, 1]); lengths (characters of task, final answer and step traces; steps per
-session); escalated rewards; and the share of sessions the default gating (approved only) would exclude.
+session); escalated rewards; the share of sessions the default gating (approved only) would exclude; and
+the agent's transcripts read as conversations (atlas.data.trajectories): assistant turns and tool calls
+per session, the tools called and how often, sessions with reasoning, and the transcripts that cannot be
+read, by reason (`TranscriptStats`, which `atlas train --dry-run` reports for what it would train too).
 By default every session is read (`review_status=None`) so the review counts are complete; the
 command's filters narrow what is described, and what they excluded is reported by reason.
 
@@ -18,11 +21,49 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from atlas.data.schema import Session
 from atlas.data.traces import Sessions, load_sessions
+from atlas.data.trajectories import session_messages
+from atlas.data.transcripts import UnreadableTranscript
 
-__all__ = ["TraceStats", "trace_stats"]
+__all__ = ["TraceStats", "TranscriptStats", "trace_stats"]
 
 _LENGTHS = ("task_chars", "final_answer_chars", "trace_chars", "steps")
+
+
+@dataclass
+class TranscriptStats:
+    """What the agent's transcripts hold, over conversations (`add`) and the ones that could not be read."""
+
+    turns: array = field(default_factory=lambda: array("q"))
+    tool_calls: array = field(default_factory=lambda: array("q"))
+    tools: Counter[str] = field(default_factory=Counter)
+    reasoning: int = 0
+    unreadable: Counter[str] = field(default_factory=Counter)
+
+    def add(self, messages: list[dict[str, Any]]) -> None:
+        assistant = [m for m in messages if m["role"] == "assistant"]
+        calls = [c["function"]["name"] for m in assistant for c in m.get("tool_calls", [])]
+        self.turns.append(len(assistant))
+        self.tool_calls.append(len(calls))
+        self.tools.update(calls)
+        self.reasoning += any("reasoning_content" in m for m in assistant)
+
+    def read(self, session: Session) -> None:
+        """Add a session's transcripts, or count why they cannot be read."""
+        if not any(step.trace.strip() for step in session.steps):
+            self.unreadable["no_transcript"] += 1
+            return
+        try:
+            self.add(session_messages(session, [{"role": "user", "content": session.task}]))
+        except UnreadableTranscript as e:
+            self.unreadable[e.reason] += 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"read": len(self.turns), "turns_per_session": _summary(sorted(self.turns)),
+                "tool_calls_per_session": _summary(sorted(self.tool_calls)),
+                "tool_names": dict(self.tools.most_common()), "reasoning_present": self.reasoning,
+                "unreadable_transcripts": dict(self.unreadable.most_common())}
 
 
 @dataclass
@@ -37,6 +78,7 @@ class TraceStats:
     escalated: int = 0
     rewards: array = field(default_factory=lambda: array("d"))
     lengths: dict[str, array] = field(default_factory=lambda: {k: array("q") for k in _LENGTHS})
+    transcripts: TranscriptStats = field(default_factory=TranscriptStats)
 
     @property
     def not_approved(self) -> int:
@@ -61,6 +103,7 @@ class TraceStats:
             "reward": {**_summary(rewards), "unscored": self.sessions - len(rewards), "histogram": histogram},
             "escalated": self.escalated,
             "lengths": {k: _summary(sorted(v)) for k, v in self.lengths.items()},
+            "transcripts": self.transcripts.as_dict(),
             "load": self.load.as_dict(),
         }
 
@@ -79,6 +122,13 @@ class TraceStats:
             out.append(f"  [{i / 10:.1f}, {(i + 1) / 10:.1f}{bracket} {n:>8} {'#' * round(30 * n / peak)}".rstrip())
         out.append("lengths:")
         out.extend(f"  {k}: {_fmt(v)}" for k, v in d["lengths"].items())
+        t = d["transcripts"]
+        out.append(f"transcripts read as conversations: {t['read']}; with reasoning {t['reasoning_present']}")
+        out.append(f"  assistant turns per session: {_fmt(t['turns_per_session'])}")
+        out.append(f"  tool calls per session: {_fmt(t['tool_calls_per_session'])}")
+        out.append("  tools called: " + (", ".join(f"{k} {v}" for k, v in t["tool_names"].items()) or "none"))
+        out.append("  unreadable: " + (", ".join(f"{k} {v}" for k, v in t["unreadable_transcripts"].items())
+                                       or "none"))
         load = d["load"]
         excluded = ", ".join(f"{k} {v}" for k, v in load["excluded"].items()) or "none"
         out.append(f"excluded by the filters: {excluded}")
@@ -107,6 +157,7 @@ def trace_stats(
             stats.lengths["final_answer_chars"].append(len(s.final_answer))
             stats.lengths["trace_chars"].append(sum(len(step.trace) for step in s.steps))
             stats.lengths["steps"].append(len(s.steps))
+            stats.transcripts.read(s)
     return stats
 
 

@@ -17,8 +17,9 @@ traces, `atlas.data.trajectory_examples` (the agent's transcripts: every assista
 included) or `gkd_examples` (task -> final answer) over `load_sessions(src, min_reward=0.8,
 status="succeeded")` (approved only by default: configs/sft.yaml). A conversation becomes one sequence,
 or one per assistant turn for a template that rewrites earlier turns (atlas.train.data); a step takes
-`batch_size` sequences. A sequence longer than `max_seq_len` tokens is cut after the last whole assistant
-turn that fits (`cut_at_turn`), or dropped when none fits (`too_long`): never truncated mid-turn. What
+`batch_size` sequences. A sequence longer than `max_seq_len` tokens (or the model's positions) is cut
+after the last whole assistant turn that fits (`cut_at_turn`), or dropped when none fits (`too_long`):
+never truncated mid-turn. What
 preparing did is counted in `trainer.prepared` and logged.
 
 Evaluation (`eval_every`, and by `evaluate`): the held-out loss per assistant token, and with a
@@ -101,10 +102,11 @@ class SFT(Trainer):
 
     def prepare(self, examples: Sequence[Any]) -> list[Encoded]:
         out, counts = [], self.prepared
+        limit = min(self.config.max_seq_len, self.model.config.max_position_embeddings)
         for example in examples:
             for ids, mask in encode_conversation(self.tokenizer, as_conversation(example), tools_of(example),
                                                  self.config.last_turn_only, counts):
-                fitted = fit_turns(ids, mask, self.config.max_seq_len)
+                fitted = fit_turns(ids, mask, limit)
                 if fitted is None:
                     counts["too_long"] += 1
                     continue
@@ -113,8 +115,9 @@ class SFT(Trainer):
         counts["sequences"] += len(out)
         notes = {k: v for k, v in counts.items() if k != "sequences" and v}
         if notes:
-            logger.warning("prepared %d sequences from %d examples: %s (max_seq_len=%d)", len(out), len(examples),
-                           notes, self.config.max_seq_len)
+            logger.warning("prepared %d sequences from %d examples: %s (a sequence holds at most %d tokens: "
+                           "max_seq_len, or the model's max_position_embeddings)", len(out), len(examples), notes,
+                           limit)
         if not out:
             raise ValueError(f"no example is left to train on ({len(examples)} given: {dict(counts)})")
         return out

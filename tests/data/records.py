@@ -72,7 +72,11 @@ def make_record(
     answer = final_answer or f"Answer to session {session_id}: 42"
     step = {
         "step_id": 1, "description": f"Solve: {task[:60]}",
-        "trace": f"HUMAN: {task}\nAI: I will use the calculator.\nTOOL: 42\nAI: {answer}",
+        # the student's transcript as the runtime writes it: input, a tool call, its result, the answer
+        "trace": "\n".join([
+            "HUMAN: " + json.dumps({"step": {"id": 1, "description": f"Solve: {task[:60]}"}, "context": {}}),
+            "AI: tool_calls=" + json.dumps([{"name": "calculator", "args": {"expression": "6*7"}, "id": "call_1"}]),
+            "TOOL: 42", f"AI: {answer}"]),
         "output": json.dumps({"result": {"deliverable": answer, "artifacts": {"calc": 42}}}),
         "reward": {"score": 0.0, "judges": [], "rationale": "deferred", "raw": {}},
         "tool": "calculator", "tool_params": {"expression": "6*7"},
