@@ -140,3 +140,26 @@ def test_dry_run_says_when_the_filters_leave_nothing(tmp_path, traces):
     assert report["data"]["train_examples"] == 0 and report["sample_prompt"] is None
     assert "the train split is empty (0 examples)" in report["notes"]
     assert report["data"]["sessions"]["excluded"]["reward:below_min"] >= 1
+
+
+def test_dry_run_shows_what_a_trajectory_dataset_trains(tmp_path):
+    """SFT's default data from traces is the agent's transcripts: the dry run reports them (turns, tool calls,
+    tools, unreadable ones by reason), the schemas inferred, the first example's text and its trained spans."""
+    from tests.data.records import make_record
+    from tests.data.test_transcripts import SEVERAL, UNREADABLE
+
+    records = [make_record(1, "Price the order.", traces=[SEVERAL]),
+               make_record(2, "Broken.", traces=[UNREADABLE["tool_without_call"]])]
+    source = write_jsonl(tmp_path / "agent.jsonl", records)
+    report = json.loads(_atlas(["train", str(tool_recipe(tmp_path)), "--dry-run", f"traces={source}",
+                                "min_reward=null", "status=null", "eval_fraction=0"], tmp_path))
+    data = report["data"]
+    assert data["format"] == "trajectory" and data["examples"]["answer_form:unreadable:tool_without_call"] == 1
+    assert data["tool_schemas"]["source"] == "inferred from the calls"
+    assert [t["function"]["name"] for t in data["tool_schemas"]["tools"]] == ["lookup", "convert"]
+    assert data["transcripts"]["tool_names"] == {"lookup": 1, "convert": 1}
+    assert data["transcripts"]["unreadable_transcripts"] == {"tool_without_call": 1}
+    assert report["sample_trained_spans"] == [
+        '<tool_call>{"name": "lookup", "arguments": {"sku": "A-1"}}</tool_call><tool_call>{"name": "convert", '
+        '"arguments": {"amount": 12.5, "to": "EUR"}}</tool_call><|im_end|>', "The order costs 11.40 EUR.<|im_end|>"]
+    assert "Tools: lookup(sku) convert(amount, to)" in report["sample_example"]

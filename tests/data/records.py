@@ -67,7 +67,9 @@ def make_record(
     review_notes: str | None = None,
     created_at: datetime | None = None,
     audit_chars: int = 400,
+    traces: list[str] | None = None,
 ) -> dict[str, Any]:
+    """One export line; `traces` replaces the one step's transcript by one step per transcript given."""
     created = created_at or T0 + timedelta(minutes=session_id)
     answer = final_answer or f"Answer to session {session_id}: 42"
     step = {
@@ -96,7 +98,8 @@ def make_record(
         "plan": {"steps": [{"id": 1, "description": step["description"], "tool": "calculator",
                             "tool_params": {"expression": "6*7"}, "depends_on": []}],
                  "execution_mode": "single_shot"},
-        "steps": [step], "session_metadata": meta,
+        "steps": [step] if traces is None else [{**step, "step_id": k + 1, "trace": t} for k, t in enumerate(traces)],
+        "session_metadata": meta,
     }  # fmt: skip
     if review_status is not None:
         record["review_status"] = meta["review_status"] = review_status
