@@ -167,9 +167,8 @@ class Sampler:
             logits_BV = self.model.lm_head(hidden[:, -1]).repeat_interleave(n, dim=0)
             if self.compile:
                 cache.start_static_decode()
-            tokens_BT, logp_BT, slogp_BT, ended_at_B = self._decode(logits_BV, cache, params, stop, u_BT,
-                                                                    check_every)
-        return self._completions(tokens_BT, logp_BT, slogp_BT, ended_at_B, n, params)
+            decoded = self._decode(logits_BV, cache, params, stop, u_BT, check_every)
+        return self._completions(*decoded, n)
 
     def _kv_cache(self, rows: int, max_len: int) -> KVCache:
         """A fresh cache per call; with compile=True the last one is kept and reused while (rows, max_len,
@@ -190,56 +189,60 @@ class Sampler:
             self._cache = cache
         return cache
 
-    def _decode(self, logits_BV, cache, params, stop, u_BT, check_every):
-        """The decode loop; returns tokens/logprobs [B, max_new] and each row's stop step (-1: ran out)."""
-        B, device, steps = logits_BV.shape[0], logits_BV.device, params.max_new_tokens
+    def _decode(self, logits_BV, cache, params, stop, u_BT, check_every, budget_B=None, keep_rows=False):
+        """The decode loop from the last logits of each row: tokens/logprobs [B, steps], each row's token
+        count and whether a stop token ended it. `budget_B` caps each row's tokens (default max_new_tokens).
+        Finished rows leave the batch and the cache (compaction), unless the cache's rows must outlive the
+        turn (`keep_rows`: a conversation's next turn) or its shapes must not change (compile): then they
+        stay, and with `keep_rows` what they are fed is masked out of the cache, so each row's last sampled
+        token is the one not yet in it."""
+        B, device = logits_BV.shape[0], logits_BV.device
+        steps = params.max_new_tokens if budget_B is None else int(budget_B.max())
         tokens_BT = torch.zeros(B, steps, dtype=torch.long, device=device)
         logp_BT = torch.zeros(B, steps, dtype=torch.float32, device=device)
         slogp_BT = torch.zeros(B, steps, dtype=torch.float32, device=device) if params.truncates else logp_BT
-        ended_at_B = torch.full((B,), -1, dtype=torch.long, device=device)
+        count_B = torch.full((B,), steps, dtype=torch.long, device=device)
+        stopped_B = torch.zeros(B, dtype=torch.bool, device=device)
         rows = torch.arange(B, device=device)  # original row of each live cache row
-        live_stop = torch.full((B,), -1, dtype=torch.long, device=device)
+        end = torch.full((B,), -1, dtype=torch.long, device=device)  # the step a live row ended at (-1: going)
+        hit = torch.zeros(B, dtype=torch.bool, device=device)
         for t in range(steps):
             token_b, logp_b, slogp_b = sample(logits_BV, params, None if u_BT is None else u_BT[rows, t])
             tokens_BT[rows, t] = token_b
             logp_BT[rows, t] = logp_b
             if params.truncates:
                 slogp_BT[rows, t] = slogp_b
-            just_stopped = torch.isin(token_b, stop) & (live_stop < 0)
-            live_stop = torch.where(just_stopped, t, live_stop)
+            at_stop = torch.isin(token_b, stop) & (end < 0)
+            done = at_stop if budget_B is None else at_stop | ((t + 1 >= budget_B[rows]) & (end < 0))
+            end, hit = torch.where(done, t, end), hit | at_stop
             if t == steps - 1:
                 break
             if (t + 1) % check_every == 0:
-                finished = live_stop >= 0
+                finished = end >= 0
                 if bool(finished.all()):
                     break
-                if bool(finished.any()) and not self.compile:  # compact: finished rows leave batch and cache
+                if bool(finished.any()) and not (self.compile or keep_rows):  # compact
                     keep = (~finished).nonzero().squeeze(1)
-                    ended_at_B[rows[finished]] = live_stop[finished]
-                    rows, token_b, live_stop = rows[keep], token_b[keep], live_stop[keep]
+                    count_B[rows[finished]], stopped_B[rows[finished]] = end[finished] + 1, hit[finished]
+                    rows, token_b, end, hit = rows[keep], token_b[keep], end[keep], hit[keep]
                     cache.select_rows(keep)
-            logits_BV = self._step(token_b[:, None], cache)
-        ended_at_B[rows] = live_stop
-        return tokens_BT, logp_BT, slogp_BT, ended_at_B
+            logits_BV = self._step(token_b[:, None], cache, (end < 0).long()[:, None] if keep_rows else None)
+        count_B[rows] = torch.where(end >= 0, end + 1, steps)
+        stopped_B[rows] = hit
+        return tokens_BT, logp_BT, slogp_BT, count_B, stopped_B
 
-    def _forward_step(self, tokens_B1: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """One decode step: next-token logits [B, V] for one token per row (positions: the cache's)."""
-        hidden = self.model.forward(tokens_B1, cache=cache, return_hidden=True)
+    def _forward_step(self, tokens_B1: torch.Tensor, cache: KVCache, valid_B1: torch.Tensor | None = None
+                      ) -> torch.Tensor:
+        """One decode step: next-token logits [B, V] for one token per row (positions: the cache's);
+        `valid_B1` 0 where a row's token is not to be kept (a row that has finished its turn)."""
+        hidden = self.model.forward(tokens_B1, attention_mask_BT=valid_B1, cache=cache, return_hidden=True)
         return self.model.lm_head(hidden[:, 0])
 
-    def _completions(self, tokens_BT, logp_BT, slogp_BT, ended_at_B, n, params) -> list[Completion]:
-        tokens, logp, slogp, ended = (x.cpu() for x in (tokens_BT, logp_BT, slogp_BT, ended_at_B))
-        out = []
-        for b in range(tokens.shape[0]):
-            end = int(ended[b]) + 1 if ended[b] >= 0 else params.max_new_tokens
-            out.append(Completion(
-                token_ids=tokens[b, :end].tolist(),
-                logprobs=logp[b, :end].tolist(),
-                finish_reason="stop" if ended[b] >= 0 else "length",
-                prompt_index=b // n,
-                sampled_logprobs=slogp[b, :end].tolist(),
-            ))
-        return out
+    def _completions(self, tokens_BT, logp_BT, slogp_BT, count_B, stopped_B, n) -> list[Completion]:
+        tokens, logp, slogp, count, stopped = (x.cpu() for x in (tokens_BT, logp_BT, slogp_BT, count_B, stopped_B))
+        return [Completion(token_ids=tokens[b, :count[b]].tolist(), logprobs=logp[b, :count[b]].tolist(),
+                           finish_reason="stop" if stopped[b] else "length", prompt_index=b // n,
+                           sampled_logprobs=slogp[b, :count[b]].tolist()) for b in range(tokens.shape[0])]
 
     def _check_prompts(self, prompt_ids: list[list[int]]) -> None:
         if not prompt_ids:

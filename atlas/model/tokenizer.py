@@ -30,7 +30,8 @@ first token after the assistant's content is taken when it is a special token; a
 no such token, or cannot render that conversation, gives none (never an error: rendering works as
 before). `stop_token_ids` is the eos plus those: what the sampler stops on, what SFT trains as the
 turn's last token, and what the HF export's generation_config.json lists. Read the same way, once:
-`reasoning_key` (which message key, if any, the template renders as reasoning) and `renders_tool_calls`.
+`reasoning_key` (which message key, if any, the template renders as reasoning), `renders_tool_calls` and
+`tool_call_format` (how a sampled tool call is read back: atlas.train.tools).
 
 Left out: slow (sentencepiece/tiktoken-only) tokenizers, `continue_final_message`, tool schemas from
 Python callables.
@@ -141,9 +142,22 @@ class Tokenizer:
     def renders_tool_calls(self) -> bool:
         """Whether the chat template writes an assistant message's `tool_calls` (a template that does not
         would train an agent's turns without its calls)."""
-        call = {"id": "call_0", "type": "function", "function": {"name": _SENTINEL, "arguments": {}}}
-        return _renders(self, [{"role": "user", "content": "Hi."},
-                               {"role": "assistant", "content": "", "tool_calls": [call]}])
+        return self.tool_call_format is not None or _renders(self, _TOOL_CALL_TURN)
+
+    @functools.cached_property
+    def tool_call_format(self) -> str | None:
+        """How the template writes a tool call, so a sampled turn can be read back: "hermes" (`<tool_call>
+        {json}</tool_call>` blocks: Qwen2.5, Qwen3), "json" (the turn is one `{"name", "parameters"}` object:
+        Llama 3.1), or None (neither, or no tool calls at all)."""
+        try:
+            text = self.apply_chat_template(_TOOL_CALL_TURN, add_generation_prompt=False)
+        except Exception:  # noqa: BLE001 (a template that cannot render a call has no format)
+            return None
+        if re.search(r"<tool_call>\s*\{\s*\"name\":\s*\"" + _SENTINEL, text):
+            return "hermes"
+        if re.search(r"\{\s*\"name\":\s*\"" + _SENTINEL + r"\",\s*\"(parameters|arguments)\"", text):
+            return "json"
+        return None
 
     @property
     def stop_token_ids(self) -> list[int]:
@@ -254,6 +268,10 @@ class Tokenizer:
 
 REASONING_KEYS = ("reasoning_content", "thinking", "reasoning")
 _SENTINEL = "sentinel7f3a"
+
+
+_TOOL_CALL_TURN = [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "", "tool_calls": [
+    {"id": "call_0", "type": "function", "function": {"name": _SENTINEL, "arguments": {"x": 1}}}]}]
 
 
 def _renders(tokenizer: Tokenizer, messages: list[dict[str, Any]]) -> bool:
