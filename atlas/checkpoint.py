@@ -5,7 +5,8 @@
       checkpoints/step_00000012/    one resume state per save:
           .metadata, __*_*.distcp     DCP shards of model and optimizer state (every rank writes its own),
                                       and of the frozen models that move during a run (a synced reference)
-          trainer.json                step, data position, counters, trainer extras (global rank 0)
+          trainer.json                step, data position, counters, the world size (global rank 0)
+          extra.<rank>.json           each rank's trainer extras (GRPO's rollouts mid mu-cycle are its own)
           rng.<rank>.pt               each rank's RNG states (torch CPU and CUDA, python's random)
           config.yaml                 the config it was saved under
           COMPLETE                    written last: a directory without it is an interrupted save
@@ -15,7 +16,8 @@ A save goes to `checkpoints/.step_N.tmp`, every rank writing its DCP shards ther
 rank 0 writes the rest, fsyncs, and renames it to `step_N`, so `latest_state` (the newest directory with
 COMPLETE) never picks a partial one; the `keep` newest are kept. On load the model and optimizer are
 restored through DCP's state-dict helpers, which reshard as needed (a run may resume on another world
-size; only the data position and RNG streams are then per-rank approximations). The HF export is
+size; only the data position and RNG streams are then per-rank approximations, and a trainer's extras
+must be the same on every rank, else it is a ValueError). The HF export is
 `save_pretrained` (atomic, rank 0 writes after gathering) plus `generation_config.json`, whose stop tokens
 include the chat template's end-of-turn token, so vLLM and transformers stop where the model was trained
 to. Multi-node runs need `output_dir` on a filesystem every node sees (DCP's requirement).
@@ -67,9 +69,10 @@ def latest_state(output_dir: str | Path) -> Path | None:
 
 def save_state(output_dir: str | Path, step: int, model: Transformer, optimizer: torch.optim.Optimizer,
                trainer_state: dict[str, Any], config: Any, keep: int = 2,
-               others: dict[str, nn.Module] | None = None) -> Path:
+               others: dict[str, nn.Module] | None = None, rank_state: dict[str, Any] | None = None) -> Path:
     """Write the resume state of `step` (every rank must call it); returns its directory. `others`: more
-    models by name (not trained here, but moving: GRPO's synced reference), saved beside the policy."""
+    models by name (not trained here, but moving: GRPO's synced reference), saved beside the policy;
+    `rank_state`: this rank's JSON-able extras."""
     final = state_dir(output_dir, step)
     tmp = final.parent / f".{final.name}.tmp"
     if ad.is_main():
@@ -81,9 +84,11 @@ def save_state(output_dir: str | Path, step: int, model: Transformer, optimizer:
     with _one_process_is_fine():
         dcp.save(state, checkpoint_id=str(tmp), no_dist=not torch.distributed.is_initialized())
     torch.save(_rng_state(), tmp / f"rng.{ad.rank()}.pt")
+    (tmp / f"extra.{ad.rank()}.json").write_text(json.dumps(rank_state or {}) + "\n")
     ad.barrier()
     if ad.is_main():
-        (tmp / "trainer.json").write_text(json.dumps({"step": step, **trainer_state}, indent=2) + "\n")
+        (tmp / "trainer.json").write_text(json.dumps({"step": step, "world_size": ad.world_size(), **trainer_state},
+                                                     indent=2) + "\n")
         save_config(config, tmp / "config.yaml")
         for path in tmp.iterdir():
             with open(path, "rb") as f:
@@ -102,7 +107,7 @@ def save_state(output_dir: str | Path, step: int, model: Transformer, optimizer:
 def load_state(path: str | Path, model: Transformer, optimizer: torch.optim.Optimizer,
                others: dict[str, nn.Module] | None = None) -> dict[str, Any]:
     """Restore model, optimizer, `others` (as saved) and this rank's RNG from a resume state; returns
-    trainer.json's content."""
+    trainer.json's content, with this rank's extras under "rank_state"."""
     path = Path(path)
     if not (path / "COMPLETE").exists():
         raise ValueError(f"{path} is not a complete resume state (no COMPLETE marker): an interrupted save?")
@@ -117,7 +122,18 @@ def load_state(path: str | Path, model: Transformer, optimizer: torch.optim.Opti
     rng = path / f"rng.{ad.rank()}.pt"
     if rng.exists():
         _set_rng_state(torch.load(rng, weights_only=True))
-    return json.loads((path / "trainer.json").read_text())
+    state = json.loads((path / "trainer.json").read_text())
+    saved = state.pop("world_size")
+    extras = [json.loads((path / f"extra.{r}.json").read_text()) for r in range(saved)]
+    if saved == ad.world_size():
+        state["rank_state"] = extras[ad.rank()]
+    elif all(e == extras[0] for e in extras):
+        state["rank_state"] = extras[0]
+    else:
+        raise ValueError(f"{path} was saved by {saved} ranks whose trainer states differ (GRPO's rollouts in the "
+                         f"middle of a mu-cycle): resume it on {saved} ranks, not {ad.world_size()}, or from a state "
+                         "saved between cycles")
+    return state
 
 
 def export_hf(model: Transformer, out_dir: str | Path, tokenizer=None, dtype: torch.dtype | None = None,

@@ -164,7 +164,7 @@ class Trainer(ABC):
         return {}
 
     def extra_state(self) -> dict[str, Any]:
-        """JSON-able trainer state beyond model/optimizer/data/RNG, saved with every resume state."""
+        """This rank's JSON-able trainer state beyond model/optimizer/data/RNG, saved with every resume state."""
         return {}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
@@ -213,10 +213,9 @@ class Trainer(ABC):
 
     def save(self) -> None:
         """Resume state of the current step and the HF export (every rank must call it)."""
-        state = {"data": self.order.state_dict() if self.order else None, "guard": self.guard.state_dict(),
-                 "extra": self.extra_state()}
+        state = {"data": self.order.state_dict() if self.order else None, "guard": self.guard.state_dict()}
         save_state(self.output_dir, self.step_count, self.model, self.optimizer, state, self.config,
-                   keep=self.config.keep_checkpoints, others=self.moving_models())
+                   keep=self.config.keep_checkpoints, others=self.moving_models(), rank_state=self.extra_state())
         extra = None if self.provenance is None else {
             "provenance.json": json.dumps({**self.provenance, "step": self.step_count}, indent=2, default=str) + "\n"}
         export_hf(self.model, self.output_dir / "hf", self.tokenizer, self.export_dtype, extra_files=extra)
@@ -230,7 +229,7 @@ class Trainer(ABC):
         if state["data"] is not None:
             self.order.load_state_dict(state["data"])
         self.guard.load_state_dict(state["guard"])
-        self.load_extra_state(state["extra"])
+        self.load_extra_state(state["rank_state"])
         return self.step_count
 
     # What step() uses
