@@ -41,6 +41,7 @@ repetition penalties.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -142,8 +143,7 @@ class Sampler:
                 f"max_position_embeddings ({config.max_position_embeddings}); shorten one of them"
             )
         seeds = _prompt_seeds(prompt_seeds, P, params.seed)
-        stop_ids = set(params.stop_token_ids or []) | (set() if params.ignore_eos else set(self.eos_token_ids))
-        stop = torch.tensor(sorted(stop_ids) or [-1], device=device)
+        stop = self._stop(params)
         check_every = self.check_every or (8 if device.type == "cuda" else 1)
 
         ids_PT = torch.zeros(P, Tp, dtype=torch.long, device=device)
@@ -169,6 +169,20 @@ class Sampler:
                 cache.start_static_decode()
             decoded = self._decode(logits_BV, cache, params, stop, u_BT, check_every)
         return self._completions(*decoded, n)
+
+    def conversation(self, prompt_ids: list[list[int]], params: SamplingParams,
+                     streams: list[tuple[int, ...]]) -> Conversation:
+        """Rows that generate turn by turn on one cache (an agent's trajectories): `with sampler.conversation(
+        ids per row, params, stream words per row) as conv:` then `conv.turn(budgets)` and
+        `conv.extend({row: tokens})`; see `Conversation`. Eager only (a conversation's shapes change)."""
+        if self.compile:
+            raise ValueError("a multi-turn conversation runs the eager decode step: use a Sampler without compile")
+        self._check_prompts(prompt_ids)
+        return Conversation(self, prompt_ids, params, streams)
+
+    def _stop(self, params: SamplingParams) -> torch.Tensor:
+        stop_ids = set(params.stop_token_ids or []) | (set() if params.ignore_eos else set(self.eos_token_ids))
+        return torch.tensor(sorted(stop_ids) or [-1], device=self.model.device)
 
     def _kv_cache(self, rows: int, max_len: int) -> KVCache:
         """A fresh cache per call; with compile=True the last one is kept and reused while (rows, max_len,
@@ -253,6 +267,95 @@ class Sampler:
                 raise ValueError(f"prompt {i} is empty: every prompt needs at least one token")
             if min(p) < 0 or max(p) >= vocab:
                 raise ValueError(f"prompt {i} has token ids outside [0, {vocab})")
+
+
+class Conversation:
+    """Rows generating turn by turn on one KV cache, in place on the model (its FSDP2 parameters held
+    gathered while the conversation is open: use it as a context manager).
+
+    Opening prefills each distinct prompt once and copies it to the rows that share it. `turn(budgets)`
+    samples every row until it stops (a stop token, or `budgets[b]` tokens) and returns one Completion per
+    row, in row order; rows that stop early keep their cache rows (what they are fed after stopping is
+    masked out). `extend({row: tokens})` closes the rows not named (they leave the cache) and appends to
+    each named row its last sampled token (not yet in the cache) and then `tokens` (an agent's tool
+    results): one forward over a right-padded block, each row advancing by its own length, the cache
+    growing when it must; the next `turn` continues from there. Randomness: the uniforms of row b at turn
+    k and step t are a hash of (*streams[b], k, t) (turn 0: of (*streams[b], t), as `generate`'s).
+    """
+
+    def __init__(self, sampler: Sampler, prompt_ids: list[list[int]], params: SamplingParams,
+                 streams: list[tuple[int, ...]]):
+        self.sampler, self.params, self.streams, self.turns = sampler, params, list(streams), 0
+        model = sampler.model
+        self.limit = model.config.max_position_embeddings
+        if len(self.streams) != len(prompt_ids):
+            raise ValueError(f"one stream per row: {len(self.streams)} for {len(prompt_ids)} prompts")
+        distinct: dict[tuple[int, ...], int] = {}
+        rows = [distinct.setdefault(tuple(p), len(distinct)) for p in prompt_ids]
+        self._ids = [list(p) for p in distinct]
+        self._rows = rows
+        self.pending: list[int] = []  # each row's last sampled token, not yet in the cache
+        self._gathered = ad.gathered(model)
+
+    def __enter__(self) -> Conversation:
+        self._gathered.__enter__()
+        self._no_grad = torch.no_grad()
+        self._no_grad.__enter__()
+        model, device = self.sampler.model, self.sampler.model.device
+        Tp = max(len(p) for p in self._ids)
+        ids_PT = torch.zeros(len(self._ids), Tp, dtype=torch.long, device=device)
+        mask_PT = torch.zeros_like(ids_PT)
+        for i, p in enumerate(self._ids):
+            ids_PT[i, Tp - len(p):], mask_PT[i, Tp - len(p):] = torch.tensor(p, device=device), 1
+        self.cache = KVCache(model.config, len(self._ids), Tp + self.params.max_new_tokens, dtype=model.dtype,
+                             device=device)
+        hidden = model.forward(ids_PT, attention_mask_BT=mask_PT, cache=self.cache, return_hidden=True)
+        rows = torch.tensor(self._rows, device=device)
+        self.cache.select_rows(rows)
+        self.logits = model.lm_head(hidden[:, -1])[rows]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.cache = self.logits = None
+        self._no_grad.__exit__(*exc)
+        self._gathered.__exit__(*exc)
+
+    def turn(self, budgets: list[int]) -> list[Completion]:
+        """One turn of every row: sampled until it stops or has `budgets[b]` tokens."""
+        sampler, params, cache = self.sampler, self.params, self.cache
+        device = sampler.model.device
+        steps = max(budgets)
+        cache.grow(cache.pos + steps)
+        if params.temperature == 0:
+            u_BT = None
+        else:
+            u_BT = row_uniforms([(*w, self.turns) if self.turns else w for w in self.streams], steps, device)
+        check_every = sampler.check_every or (8 if device.type == "cuda" else 1)
+        decoded = sampler._decode(self.logits, cache, dataclasses.replace(params, max_new_tokens=steps),
+                                  sampler._stop(params), u_BT, check_every,
+                                  budget_B=torch.tensor(budgets, device=device), keep_rows=True)
+        out = sampler._completions(*decoded, 1)
+        self.pending = [c.token_ids[-1] for c in out]
+        self.turns += 1
+        return out
+
+    def extend(self, appended: dict[int, list[int]]) -> None:
+        """Keep the rows named (in row order), each continued by its pending token and `appended[row]`."""
+        model, device = self.sampler.model, self.sampler.model.device
+        keep = sorted(appended)
+        self.cache.select_rows(torch.tensor(keep, device=device, dtype=torch.long))
+        self.streams = [self.streams[b] for b in keep]
+        blocks = [[self.pending[b], *appended[b]] for b in keep]
+        T = max(len(x) for x in blocks)
+        ids_BT = torch.zeros(len(blocks), T, dtype=torch.long, device=device)
+        mask_BT = torch.zeros_like(ids_BT)
+        for b, x in enumerate(blocks):
+            ids_BT[b, :len(x)], mask_BT[b, :len(x)] = torch.tensor(x, device=device), 1
+        self.cache.grow(self.cache.pos + T)
+        hidden = model.forward(ids_BT, attention_mask_BT=mask_BT, cache=self.cache, return_hidden=True)
+        last = torch.tensor([len(x) - 1 for x in blocks], device=device)
+        self.logits = model.lm_head(hidden[torch.arange(len(blocks), device=device), last])
+        self.pending = []
 
 
 def sample(logits_BV: torch.Tensor, params: SamplingParams, u_B: torch.Tensor | None):
@@ -343,7 +446,12 @@ def _prompt_seeds(prompt_seeds: list[int] | None, P: int, seed: int | None) -> l
 def uniforms(prompt_seeds: list[int], n: int, steps: int, device: torch.device | str) -> torch.Tensor:
     """u [P * n, steps] in [0, 1) (fp32, 24 bits): row i * n + j, column t depends on
     (prompt_seeds[i], j, t) alone."""
-    keys = [_hash(s, j) for s in prompt_seeds for j in range(n)]
+    return row_uniforms([(s, j) for s in prompt_seeds for j in range(n)], steps, device)
+
+
+def row_uniforms(rows: list[tuple[int, ...]], steps: int, device: torch.device | str) -> torch.Tensor:
+    """u [B, steps] in [0, 1): row b, column t depends on the words rows[b] and t alone."""
+    keys = [_hash(*words) for words in rows]
     a_B1 = torch.tensor([k[0] for k in keys], dtype=torch.long, device=device)[:, None]
     b_B1 = torch.tensor([k[1] for k in keys], dtype=torch.long, device=device)[:, None]
     t_1T = torch.arange(steps, dtype=torch.long, device=device)[None]

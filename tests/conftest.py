@@ -58,3 +58,11 @@ def pg_url(pg_server) -> str:
 def reader_url(pg_server, pg_url) -> str:
     """The same database through a role that has only SELECT."""
     return pg_server.url("traces", user="reader")
+
+
+@pytest.fixture(scope="session")
+def taught_agent(tmp_path_factory):
+    """The tiny tool-calling agent of tests/agent.py, taught once per session: its directory."""
+    from tests.agent import taught
+
+    return taught(tmp_path_factory.mktemp("agent") / "taught")

@@ -19,7 +19,8 @@ Two modes, one write (`index_copy_` along the slot axis):
   replays (CUDA graphs) without recompiling.
 Groups of rows: `every_nth_row(n)` is a view over rows 0, n, 2n, ... that shares this cache's buffers
 and cursor (a prompt prefilled once), and `fork(n)` then copies each group's first row into the other
-n - 1 (its n samples continue from the same prefill). `select_rows` keeps some rows (compaction).
+n - 1 (its n samples continue from the same prefill). `select_rows` keeps some rows (compaction, or
+copies of a row), `grow` adds slots (a conversation that goes on longer than planned).
 
 Left out: paged blocks, sliding windows, quantised caches, rows that write different slots.
 """
@@ -163,6 +164,16 @@ class KVCache:
             groups[:, 1:] = groups[:, :1]
         for state in (self.valid_BS.view(B // n, n, S), self.lengths_B.view(B // n, n)):
             state[:, 1:] = state[:, :1]
+
+    def grow(self, max_len: int) -> None:
+        """More slots (eager mode): every buffer reallocated at `max_len` slots, what it holds kept."""
+        extra = max_len - self.max_len
+        if extra <= 0:
+            return
+        pad = lambda t: torch.cat([t, t.new_zeros(*t.shape[:2], extra, t.shape[3])], dim=2)  # noqa: E731
+        self.k, self.v = [pad(k) for k in self.k], [pad(v) for v in self.v]
+        self.valid_BS = torch.cat([self.valid_BS, self.valid_BS.new_zeros(self.batch_size, extra)], dim=1)
+        self._slots = torch.arange(max_len, device=self._slots.device)
 
     def select_rows(self, rows: torch.Tensor) -> None:
         """Keep only `rows` (a 1-D index into the batch, repeats allowed): compaction, forking."""

@@ -15,7 +15,9 @@ completions of a prompt on the same rank, each prompt with its own random stream
 global index)`: a 2-process run samples exactly what 1 process does. Completions are decoded without
 special tokens for the reward functions; the ids keep the end-of-turn token, which is trained (the model
 learns to stop). A `RolloutBatch` holds the rollouts with the reward functions' `(prompts, **columns)`
-(`atlas.train.data.reward_inputs`), one entry per completion.
+(`atlas.train.data.reward_inputs`), one entry per completion. An agent's rollouts (turn by turn through
+tools) are atlas/train/agent.py's; they land in the same RolloutBatch and micro-batches, the appended
+tool turns as context (no target).
 
 Micro-batches: sequences right-padded in micro-batches of at most `size`; the sampler's per-token
 log-probabilities (of the full and of the sampled distribution) are placed at the target positions once,
@@ -23,7 +25,7 @@ as tensors (position p - 1 holds the value for the token at p), beside the ids; 
 tensors (old and reference log-probabilities) are laid out the same way. Every rank gets `count`
 micro-batches (empty ones pad), because every FSDP2 forward is a collective.
 
-Left out: multi-turn rollouts with tool calls, rollouts served by another engine.
+Left out: rollouts served by another engine.
 """
 
 from __future__ import annotations
@@ -41,18 +43,32 @@ from atlas.train.data import MicroBatch, micro_batches, prompt_ids, reward_input
 
 @dataclass
 class Rollout:
+    """One trajectory: the prompt's ids and every token after them, exactly as the model saw them. An agent's
+    (atlas.train.agent) also holds tool turns it did not sample: `mask` is 1 on the sampled tokens only
+    (None: all sampled), and the per-token log-probabilities are 0 off them."""
+
     prompt_index: int  # the prompt's index in the step's global batch
     sample: int  # j of the prompt's n completions
     prompt_ids: list[int]
     completion_ids: list[int]
     logprobs: list[float]  # the sampler's, under the full temperature-scaled distribution
     sampled_logprobs: list[float]  # under the (truncated) distribution actually sampled
-    truncated: bool  # hit max_new_tokens without an end-of-turn token
-    text: str  # decoded without special tokens
+    truncated: bool  # ran out of tokens, turns or context before an end of turn / an answer
+    text: str  # the (final) assistant message, decoded without special tokens
+    mask: list[int] | None = None  # agents: 1 on sampled tokens, 0 on appended tool turns
+    messages: list[dict[str, Any]] | None = None  # agents: the trajectory as chat messages
+    turns: int = 1
+    tool_calls: int = 0
+    tool_errors: dict[str, int] = field(default_factory=dict)  # by reason (atlas.train.tools.ERRORS)
 
     @property
     def sequence(self) -> list[int]:
         return self.prompt_ids + self.completion_ids
+
+    @property
+    def sampled(self) -> int:
+        """Tokens the model sampled (the rest of the completion was appended)."""
+        return len(self.completion_ids) if self.mask is None else sum(self.mask)
 
 
 @dataclass
@@ -70,12 +86,10 @@ class RolloutBatch:
 
 
 def sample_rollouts(model, tokenizer, examples: Sequence[Any], params: SamplingParams, seed: tuple[int, ...],
-                    sampler: Sampler | None = None) -> RolloutBatch:
-    """This rank's rollouts of the global batch `examples` (n = params.n per prompt); see the module docstring."""
-    mine = list(range(ad.rank(), len(examples), ad.world_size()))
-    if not mine:
-        raise ValueError(f"{len(examples)} prompts per step cannot feed {ad.world_size()} ranks: give every rank "
-                         "at least one prompt (prompts_per_step >= world size)")
+                    sampler: Sampler | None = None, mine: list[int] | None = None) -> RolloutBatch:
+    """This rank's rollouts of the global batch `examples` (n = params.n per prompt): of the prompts at
+    `mine` (default: this rank's share, `my_prompts`); see the module docstring."""
+    mine = my_prompts(len(examples)) if mine is None else mine
     ids = [prompt_ids(tokenizer, examples[i]) for i in mine]
     sampler = sampler or Sampler(model, tokenizer)
     outs = sampler.generate(ids, params, prompt_seeds=[stream_seed(*seed, i) for i in mine])
@@ -86,6 +100,15 @@ def sample_rollouts(model, tokenizer, examples: Sequence[Any], params: SamplingP
     prompts, columns = reward_inputs([examples[i] for i in mine])  # once per prompt, then one per completion
     rows = [o.prompt_index for o in outs]
     return RolloutBatch(rollouts, [prompts[k] for k in rows], {key: [v[k] for k in rows] for key, v in columns.items()})
+
+
+def my_prompts(count: int) -> list[int]:
+    """This rank's share of a step's `count` prompts (rank-strided, all samples of a prompt on one rank)."""
+    mine = list(range(ad.rank(), count, ad.world_size()))
+    if not mine:
+        raise ValueError(f"{count} prompts per step cannot feed {ad.world_size()} ranks: give every rank at least "
+                         "one prompt (prompts_per_step >= world size)")
+    return mine
 
 
 @dataclass
@@ -120,8 +143,9 @@ def rollout_micro_batches(rollouts: Sequence[Rollout], size: int, pad_id: int, d
                           count: int, masked: Sequence[bool] | None = None) -> list[RolloutMicroBatch]:
     """`count` micro-batches of this rank's rollouts (prompt + completion, targets on the completion);
     rollouts with `masked[r]` get no target (e.g. truncated completions when those are masked)."""
-    seqs = [(r.sequence, [0] * len(r.prompt_ids) + [0 if masked is not None and masked[i] else 1]
-             * len(r.completion_ids)) for i, r in enumerate(rollouts)]
+    seqs = [(r.sequence, [0] * len(r.prompt_ids) + ([0] * len(r.completion_ids) if masked is not None and masked[i]
+                                                    else r.mask or [1] * len(r.completion_ids)))
+            for i, r in enumerate(rollouts)]
     rows = [list(range(s, min(s + size, len(rollouts)))) for s in range(0, len(rollouts), size)]
     out = []
     for i, micro in enumerate(micro_batches(seqs, size, pack=False, pad_id=pad_id, device=device, count=count)):

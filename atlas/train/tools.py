@@ -2,7 +2,7 @@
 schemas, the calls a model writes, and running them with a timeout.
 
     schemas = [function_schema(fn) for fn in tools]        # what the chat template shows the model
-    calls, error = parse_tool_calls(text, "hermes")          # what the model wrote in one turn
+    calls = parse_tool_calls(text, "hermes")                 # what the model wrote in one turn
     result, reason = run_tool(registry, call, timeout_s)     # a result, or an error message and its reason
 
 Schemas: a tool is a plain Python function with type hints and a Google-style docstring (a description,
@@ -24,7 +24,8 @@ Calls, by the template's format (`Tokenizer.tool_call_format`):
   </tool_call>` block in the turn;
 - "json" (Llama 3.1/3.2): the whole turn is one `{"name": ..., "parameters": {...}}` object (after an
   optional `<|python_tag|>`).
-A block that is not a JSON object with a name and object arguments is the model's error: `unparseable`.
+A block that is not a JSON object with a name and object arguments (or a block left open) is the model's
+error, `unparseable`, reported in its place; the turn's other calls still run.
 
 Running: each call runs in a daemon thread and is waited for `timeout_s`. A thread cannot be killed, so
 a call that outlives its timeout is abandoned: its eventual result is discarded (the model is told it
@@ -156,38 +157,35 @@ def environment_tools(instance: Any) -> dict[str, Callable]:
             if not name.startswith("_") and name not in ("reset", "get_reward")}
 
 
-def parse_tool_calls(text: str, form: str) -> tuple[list[dict[str, Any]], str | None]:
-    """(calls [{"name", "arguments"}], None) or ([], why the turn's calls are unparseable) from one turn's
-    text; no call at all is ([], None): the turn is an answer."""
+def parse_tool_calls(text: str, form: str) -> list[dict[str, Any]]:
+    """One turn's calls, in order: `{"name", "arguments"}` for each call read, `{"unparseable": why}` for each
+    one that is not (the others still run); [] when the turn makes no call (an answer)."""
     if form == "hermes":
         blocks = _HERMES.findall(text)
-        if not blocks and "<tool_call>" not in text:
-            return [], None
-        if text.count("<tool_call>") != len(blocks):
-            return [], "a <tool_call> block is not closed"
+        unclosed = text.count("<tool_call>") - len(blocks)
     elif form == "json":
         body = text.removeprefix("<|python_tag|>").strip()
-        if not body.startswith("{"):
-            return [], None
-        blocks = [body]
+        blocks, unclosed = ([body] if body.startswith("{") else []), 0
     else:
         raise ValueError(f"unknown tool-call format {form!r}: 'hermes' or 'json'")
-    calls = []
-    for block in blocks:
+    calls = [_read_call(block) for block in blocks]
+    return calls + [{"unparseable": "a <tool_call> block is not closed"}] * max(unclosed, 0)
+
+
+def _read_call(block: str) -> dict[str, Any]:
+    try:
+        call = json.loads(block)
+    except json.JSONDecodeError as e:
+        return {"unparseable": f"a tool call is not JSON ({e.msg}): {block.strip()[:80]}"}
+    arguments = call.get("arguments", call.get("parameters", {})) if isinstance(call, dict) else None
+    if isinstance(arguments, str):
         try:
-            call = json.loads(block)
-        except json.JSONDecodeError as e:
-            return [], f"a tool call is not JSON ({e.msg}): {block.strip()[:80]}"
-        arguments = call.get("arguments", call.get("parameters", {})) if isinstance(call, dict) else None
-        if isinstance(arguments, str):
-            try:
-                arguments = json.loads(arguments)
-            except json.JSONDecodeError:
-                arguments = None
-        if not (isinstance(call, dict) and isinstance(call.get("name"), str) and isinstance(arguments, dict)):
-            return [], f"a tool call needs a name and an object of arguments: {block.strip()[:80]}"
-        calls.append({"name": call["name"], "arguments": arguments})
-    return calls, None
+            arguments = json.loads(arguments)
+        except json.JSONDecodeError:
+            arguments = None
+    if not (isinstance(call, dict) and isinstance(call.get("name"), str) and isinstance(arguments, dict)):
+        return {"unparseable": f"a tool call needs a name and an object of arguments: {block.strip()[:80]}"}
+    return {"name": call["name"], "arguments": arguments}
 
 
 def run_tool(tools: dict[str, Callable], call: dict[str, Any], timeout_s: float) -> tuple[str, str | None]:
