@@ -177,7 +177,8 @@ def dry_run_report(recipe) -> dict[str, Any]:
     `sample_trained_spans` (the decoded text of each run of trained tokens: what the model learns to write)."""
     import atlas.model as am
     from atlas.data.stats import TranscriptStats
-    from atlas.recipes import describe, load_data
+    from atlas.recipes import agent_tools, describe, load_data
+    from atlas.train.agent import Toolbox
     from atlas.train.data import as_conversation, encode_conversation, prompt_messages, tools_of
 
     train, evals, report = load_data(recipe, allow_empty=True)
@@ -204,7 +205,16 @@ def dry_run_report(recipe) -> dict[str, Any]:
         question = [m["content"] for m in messages if m["role"] == "user"][-1]
         messages = [{"role": "user", "content": recipe.train.teacher_prompt.format(
             question=question, diagnostic="<the student's diagnostic>")}]
-    out["sample_prompt"] = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tools=tools_of(first))
+    schemas = tools_of(first)
+    if recipe.tools or recipe.environment:  # what GRPO's agent is shown: the recipe's tools, checked as it would
+        try:
+            toolbox = Toolbox(tokenizer, **agent_tools(recipe))
+            schemas = toolbox.schemas
+            out["tools"] = {"names": [s["function"]["name"] for s in schemas], "call_format": toolbox.format,
+                            "environment_reward": toolbox.reward_name}
+        except ValueError as e:
+            notes.append(f"the tools cannot run: {e}")
+    out["sample_prompt"] = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tools=schemas)
     if recipe.recipe in ("sft", "gkd"):
         conversation = as_conversation(first)
         out["sample_example"] = tokenizer.apply_chat_template(conversation, add_generation_prompt=False,
@@ -275,11 +285,12 @@ def report_lines(s: dict[str, Any], result: dict[str, Any]) -> list[str]:
 
 def _eval(args: argparse.Namespace) -> int:
     """Held-out greedy success rate and mean tokens of a checkpoint on a recipe's eval split (the split
-    `atlas train` held out with the same data settings), by the recipe's reward (rule or rim)."""
+    `atlas train` held out with the same data settings), by the recipe's reward (rule, rim, and an
+    environment's get_reward), through the recipe's tools when it has them (GRPO's tool loop and limits)."""
     import atlas.distributed as ad
     import atlas.model as am
-    from atlas.recipes import load_data, load_recipe, resolve_path
-    from atlas.reward import answer_match, judge_reward
+    from atlas.recipes import agent_tools, load_data, load_recipe, resolve_path, reward_fns
+    from atlas.train.agent import Toolbox
     from atlas.train.evaluate import greedy_eval
 
     recipe = load_recipe(args.config, args.overrides, default="grpo")
@@ -292,13 +303,28 @@ def _eval(args: argparse.Namespace) -> int:
     tokenizer = am.Tokenizer.from_pretrained(path, chat_template=recipe.chat_template)
     train = recipe.train
     max_new = getattr(train, "eval_max_new_tokens", None) or getattr(train, "max_new_tokens", 256)
-    result = {"checkpoint": path, **greedy_eval(model, tokenizer, evals, judge_reward() if recipe.reward == "rim"
-                                                else answer_match, max_new_tokens=max_new)}
+    tools, rewards = agent_tools(recipe), reward_fns(recipe)
+    weights = getattr(train, "reward_weights", None) or [1.0] * len(rewards)
+    toolbox = None
+    if tools:  # only a grpo recipe has tools: its config holds the loop's limits
+        toolbox = Toolbox(tokenizer, **tools, max_turns=train.max_turns, timeout_s=train.tool_timeout_s,
+                          max_output_tokens=train.max_tool_output_tokens)
+        if toolbox.reward_name is not None:  # weight 1, as GRPO adds it
+            rewards, weights = [*rewards, toolbox.reward], [*weights, 1.0]
+
+    def reward(prompts, completions, **columns):  # GRPO.reward's weighted sum
+        scores = [fn(prompts, completions, **columns) for fn in rewards]
+        return [sum(w * v for w, v in zip(weights, values)) for values in zip(*scores)]
+
+    result = {"checkpoint": path, **greedy_eval(model, tokenizer, evals, reward, max_new_tokens=max_new,
+                                                toolbox=toolbox)}
     if args.json:
         print(json.dumps(result, indent=2))
     else:
+        tool_use = (f"; {result['turns_mean']:.1f} turns, {result['tool_calls_mean']:.1f} tool calls, "
+                    f"{result['tool_error_frac']:.1%} of them errors" if toolbox else "")
         print(f"{result['checkpoint']}: held-out success rate {result['success_rate']:.1%}, mean completion tokens "
-              f"{result['mean_tokens']:.1f} ({result['n']} examples, greedy)")
+              f"{result['mean_tokens']:.1f} ({result['n']} examples, greedy{tool_use})")
     return 0
 
 

@@ -8,7 +8,10 @@ atlas/cli.py; examples/*.py write the same build out in plain API calls.
     student: null                       # teacher recipe: the frozen student's checkpoint, run in-process, or
     student_endpoint: null              #   an OpenAI-compatible base URL serving train.student_model
     chat_template: null                 # "chatml" or Jinja text, only for a checkpoint without one
-    reward: rule                        # grpo's reward, gkd's success test: rule (answer_match) | rim (RIM)
+    reward: rule                        # grpo's reward, gkd's success test: rule (answer_match) | rim (RIM) |
+                                        #   none (grpo with an environment whose get_reward is the reward)
+    tools: null                         # grpo: the agent's tools, module:function,... (or file.py:function)
+    environment: null                   # grpo: a TRL-style environment class, module:Class (or file.py:Class)
     data:
       source: embedded                  # embedded (the built-in task) | traces.jsonl | postgresql://...
       review_status: [approved]         # the trace filters (atlas.data.load_sessions)
@@ -33,6 +36,11 @@ with the data filters (approved only by default; configs/sft.yaml also asks for 
 answer); for GRPO and the teaching recipe `grpo_examples` (prompts, references = final answers); all
 deduplicated and split by a stable hash of the task.
 
+Tools. `tools` and `environment` name Python objects as `module:name` (importable, or a module in the
+recipe's folder) or `file.py:name` (a file, relative to the recipe); GRPO rolls its trajectories out through them
+(atlas.train.agent; the limits are train.max_turns, tool_timeout_s, max_tool_output_tokens), and `atlas
+eval` evaluates through them. Only GRPO runs tools live: the other recipes refuse the keys.
+
 Models: the trained model is read in fp32 (its master weights), a frozen one (GKD's teacher) in the
 compute dtype, through `atlas.distributed.load_pretrained` (under torchrun sharded as it is read). Every
 export carries `provenance.json`: the recipe (a Postgres password redacted), the data and what was kept.
@@ -44,6 +52,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -88,12 +97,22 @@ class Recipe:
     student: str | None = None
     student_endpoint: str | None = None
     chat_template: str | None = None
-    reward: Literal["rule", "rim"] = "rule"
+    reward: Literal["rule", "rim", "none"] = "rule"
+    tools: list[str] | str | None = None  # module:function entries (a string: comma-separated)
+    environment: str | None = None  # module:Class
     data: DataSpec = field(default_factory=DataSpec)
     base_dir: str = "."  # where relative paths resolve: the recipe file's folder
 
     def __post_init__(self) -> None:
         check_types(self)
+        if isinstance(self.tools, str):
+            self.tools = [t.strip() for t in self.tools.split(",") if t.strip()]
+        if (self.tools or self.environment) and self.recipe != "grpo":
+            raise ValueError(f"the {self.recipe} recipe runs no tools (only grpo rolls out through tools; sft and gkd "
+                             "train on the recorded transcripts): remove tools/environment")
+        if self.reward == "none" and not (self.recipe == "grpo" and self.environment):
+            raise ValueError("reward: none leaves the environment's get_reward as the only reward: it needs the grpo "
+                             "recipe and an environment")
 
     def path(self, value: str) -> str:
         """A model or data path of this recipe, resolved (`resolve_path`)."""
@@ -204,25 +223,73 @@ def load_model(recipe: Recipe, name: str, frozen: bool = False):
     return model, am.Tokenizer.from_pretrained(path, chat_template=recipe.chat_template)
 
 
+def load_object(spec: str, base_dir: str) -> Any:
+    """The object a recipe names: `module:name` (importable, or a module in the recipe's folder) or
+    `path/file.py:name` (relative to the recipe)."""
+    import importlib
+    import importlib.util
+
+    where, sep, name = spec.rpartition(":")
+    if not (sep and where and name):
+        raise ValueError(f"{spec!r} names no object: write module:name or file.py:name")
+    try:
+        if where.endswith(".py"):
+            path = Path(resolve_path(where, base_dir))
+            loader = importlib.util.spec_from_file_location(path.stem, path)
+            if not path.is_file() or loader is None:
+                raise FileNotFoundError(f"no file {path}")
+            module = importlib.util.module_from_spec(loader)
+            loader.loader.exec_module(module)
+        else:  # importable, or a module in the recipe's folder
+            sys.path.insert(0, base_dir)
+            try:
+                module = importlib.import_module(where)
+            finally:
+                sys.path.remove(base_dir)
+        return getattr(module, name)
+    except (ImportError, FileNotFoundError, AttributeError) as e:
+        raise ValueError(f"cannot load {spec!r}: {type(e).__name__}: {e}") from e
+
+
+def agent_tools(recipe: Recipe) -> dict[str, Any]:
+    """GRPO's `tools` / `environment_factory` keywords for a recipe ({} without tools)."""
+    out: dict[str, Any] = {}
+    if recipe.tools:
+        out["tools"] = [load_object(spec, recipe.base_dir) for spec in recipe.tools]
+    if recipe.environment:
+        out["environment_factory"] = load_object(recipe.environment, recipe.base_dir)
+    return out
+
+
+def reward_fns(recipe: Recipe) -> list[Any]:
+    """The recipe's reward functions (an environment's get_reward joins them in GRPO)."""
+    from atlas.reward import answer_match, judge_reward
+
+    if recipe.reward == "rim":
+        return [judge_reward()]
+    return [answer_match] if recipe.reward == "rule" else []
+
+
 def build(recipe: Recipe):
     """The trainer of a recipe, with its data: (trainer, train examples, eval examples, data report)."""
-    from atlas.reward import answer_match, judge_reward
+    from atlas.reward import answer_match
 
     ad.init()
     train, evals, report = load_data(recipe)
     model, tokenizer = load_model(recipe, recipe.model)
-    reward = judge_reward() if recipe.reward == "rim" else answer_match
+    rewards = reward_fns(recipe)
     if recipe.recipe == "sft":
         trainer = SFT(model, tokenizer, recipe.train, reward_fn=answer_match)
     elif recipe.recipe == "gkd":
         if recipe.teacher is None:
             raise ValueError("the gkd recipe needs a teacher: set teacher: <checkpoint> (or --teacher)")
         teacher, teacher_tokenizer = load_model(recipe, recipe.teacher, frozen=True)
-        trainer = GKD(model, teacher, tokenizer, recipe.train, reward_fn=reward, teacher_tokenizer=teacher_tokenizer)
+        trainer = GKD(model, teacher, tokenizer, recipe.train, reward_fn=rewards[0],
+                      teacher_tokenizer=teacher_tokenizer)
     elif recipe.recipe == "teacher":
         trainer = _teaching(recipe, model, tokenizer)
     else:
-        trainer = GRPO(model, tokenizer, reward, recipe.train)
+        trainer = GRPO(model, tokenizer, rewards, recipe.train, **agent_tools(recipe))
     trainer.provenance = provenance(recipe, train, evals, report)
     return trainer, train, evals, report
 

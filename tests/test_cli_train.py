@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from atlas.cli import main
-from tests.data.records import FIXTURES, write_jsonl
+from tests import agent
+from tests.data.records import FIXTURES, make_record, write_jsonl
 from tests.tiny import TOOLS_TEMPLATE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -163,3 +164,43 @@ def test_dry_run_shows_what_a_trajectory_dataset_trains(tmp_path):
         '<tool_call>{"name": "lookup", "arguments": {"sku": "A-1"}}</tool_call><tool_call>{"name": "convert", '
         '"arguments": {"amount": 12.5, "to": "EUR"}}</tool_call><|im_end|>', "The order costs 11.40 EUR.<|im_end|>"]
     assert "Tools: lookup(sku) convert(amount, to)" in report["sample_example"]
+
+
+def test_a_grpo_recipe_with_tools_trains_and_evaluates_through_them(tmp_path, taught_agent):
+    """tools as file.py:function entries (relative to the recipe), the environment as module:Class (a module
+    beside the recipe), prompts from a trace file; the dry run shows the tools and the prompt with them; a
+    step runs the tool loop; `atlas eval` evaluates through the same tools and the environment's reward;
+    the other recipes refuse tools."""
+    helper = ROOT / "tests" / "agent.py"
+    (tmp_path / "env.py").write_text(helper.read_text())  # a user's file beside the recipe
+    records = [make_record(i, e.prompt[0]["content"], final_answer=e.reference)
+               for i, e in enumerate(agent.problems(12), start=1)]
+    sessions = write_jsonl(tmp_path / "traces.jsonl", records)
+    recipe = tmp_path / "agent.yaml"
+    recipe.write_text(f"""recipe: grpo
+model: {taught_agent}
+data: {{source: {sessions}, eval_fraction: 0.5}}
+reward: rule
+tools: env.py:add, env.py:multiply
+environment: env:Calculator
+train: {{output_dir: {tmp_path / 'run'}, max_steps: 1, prompts_per_step: 2, num_generations: 2,
+        max_new_tokens: 128, micro_batch_size: 4, tool_timeout_s: 0.2, max_turns: 2, eval_every: 0}}
+""")
+    report = json.loads(_atlas(["train", str(recipe), "--dry-run"], tmp_path))
+    assert any("both define ['add', 'multiply']" in note for note in report["notes"])  # a clash of names, said
+    recipe.write_text(recipe.read_text().replace("tools: env.py:add, env.py:multiply\n", ""))
+    report = json.loads(_atlas(["train", str(recipe), "--dry-run"], tmp_path))
+    assert report["tools"] == {"names": ["add", "multiply", "power", "subtract"], "call_format": "hermes",
+                               "environment_reward": "Calculator"}
+    assert "Tools: add(a, b) multiply(a, b) power(base, exponent) subtract(a, b)" in report["sample_prompt"]
+    _atlas(["train", str(recipe)], tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert "reward_Calculator" in rows[0] and rows[0]["turns_mean"] > 1
+    evaluation = json.loads(_atlas(["eval", str(tmp_path / "run" / "hf"), "--config", str(recipe), "--json"],
+                                   tmp_path))
+    assert evaluation["n"] >= 3 and evaluation["turns_mean"] == 2.0 and evaluation["tool_calls_mean"] == 1.0
+    # answer_match (0 or 1: the tiny agent's numbers are mostly wrong) + get_reward (greedy calls multiply: 1)
+    assert 1.0 <= evaluation["reward_mean"] <= 2.0
+    sft = tmp_path / "sft.yaml"
+    sft.write_text("recipe: sft\ntools: env.py:multiply\n")
+    assert main(["train", str(sft), "--dry-run"]) == 2

@@ -37,6 +37,19 @@ engine, so its ratio mixes the kept mass with the two engines' numerical mismatc
 `vllm_importance_sampling_clip_*` bounds tame); here both log-probabilities come from one model and one
 kernel.
 
+Agents (`tools=[fn, ...]` and/or `environment_factory=cls`, TRL's conventions): step 1 rolls each
+trajectory out turn by turn through the tools (atlas.train.agent: calls read in the template's format,
+run with `tool_timeout_s`, results cut at `max_tool_output_tokens`, appended as the template's tool turns
+and prefilled into the same KV cache, at most `max_turns` turns and `max_new_tokens` sampled tokens in
+all). The sequence trained is exactly what the model saw; the loss covers the sampled tokens only (tool
+turns and template glue are context), so at mu = 1 the ratio is still exactly 1. The reward functions see
+the final assistant message as the completion and the trajectory as the `trajectories` column; an
+environment's `get_reward()` is one more reward function (weight 1, logged as reward_<its class> and
+env_reward_mean; `reward_fns` may then be empty; `reward_weights` weigh the others). Metrics add
+turns_mean, tool_calls_mean, tool_error_frac (and per reason: tool_error_frac_<reason>),
+tool_output_cut_frac, appended_len_mean; `tokens` and `completion_len_mean` count sampled tokens,
+`trained_tokens` the tokens with a loss. The held-out evaluation runs the same loop greedily.
+
 Reward functions: a plain callable, or a list of them (with `reward_weights`); each is logged as
 `reward_<name>`. Columns: an `atlas.data.Example`'s reference arrives as `answers` (the rule rewards'
 keyword); a dict example's keys other than "prompt" arrive under their own names. Each column holds one
@@ -52,8 +65,8 @@ point reduction order. Departures from the textbook: the loss uses the clipped s
 (where it is the plain policy gradient); KL is the k3 estimator on the sampled tokens, not the full-
 distribution KL; completions that hit max_new_tokens are trained unless `mask_truncated`.
 
-Left out: dynamic sampling (DAPO's refill of zero-variance groups), multi-turn/tool rollouts, value
-models (PPO), GSPO's sequence-level ratio.
+Left out: dynamic sampling (DAPO's refill of zero-variance groups), value models (PPO), GSPO's
+sequence-level ratio.
 """
 
 from __future__ import annotations
@@ -72,9 +85,17 @@ from atlas.model import Transformer
 from atlas.rl.advantage import group_advantages, reward_moments
 from atlas.rl.loss import LossCounts, policy_loss
 from atlas.sampler import Sampler, SamplingParams, Truncation
+from atlas.train.agent import Toolbox, agent_rollouts, tool_metrics, tool_sums
 from atlas.train.data import micro_batch_count
 from atlas.train.evaluate import greedy_eval
-from atlas.train.rollout import Rollout, RolloutBatch, RolloutMicroBatch, rollout_micro_batches, sample_rollouts
+from atlas.train.rollout import (
+    Rollout,
+    RolloutBatch,
+    RolloutMicroBatch,
+    my_prompts,
+    rollout_micro_batches,
+    sample_rollouts,
+)
 from atlas.train.trainer import TrainConfig, Trainer
 
 RewardFn = Callable[..., list[float]]
@@ -103,13 +124,17 @@ class GRPOConfig(TrainConfig, Truncation):
     reward_weights: list[float] | None = None
     eval_max_new_tokens: int | None = None  # default: max_new_tokens
     eval_batch_size: int = 64
+    max_turns: int = 8  # with tools: assistant turns per trajectory (max_new_tokens is their sum)
+    tool_timeout_s: float = 30.0
+    max_tool_output_tokens: int = 512
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.num_generations < 2:
             raise ValueError(f"config key 'num_generations' must be >= 2: a group advantage needs at least two "
                              f"completions per prompt, got {self.num_generations}")
-        for key in ("prompts_per_step", "max_new_tokens", "mu", "eval_batch_size"):
+        for key in ("prompts_per_step", "max_new_tokens", "mu", "eval_batch_size", "max_turns",
+                    "max_tool_output_tokens"):
             if getattr(self, key) < 1:
                 raise ValueError(f"config key {key!r} must be >= 1, got {getattr(self, key)!r}")
         if not self.temperature > 0:
@@ -117,6 +142,8 @@ class GRPOConfig(TrainConfig, Truncation):
         for key in ("beta", "eps_low", "eps_high", "ref_sync_every"):
             if getattr(self, key) < 0:
                 raise ValueError(f"config key {key!r} must be >= 0, got {getattr(self, key)!r}")
+        if not self.tool_timeout_s > 0:
+            raise ValueError(f"config key 'tool_timeout_s' must be > 0, got {self.tool_timeout_s}")
         if self.eps_low >= 1:
             raise ValueError(f"config key 'eps_low' must be < 1, got {self.eps_low}")
         if not 0 < self.ref_sync_alpha <= 1:
@@ -149,20 +176,35 @@ class TrainingBatch:
 
 class GRPO(Trainer):
     """See the module docstring. `ref_model`: the frozen reference (default, with beta > 0: a copy of the
-    policy as given, sharded like it: `atlas.distributed.copy_model`)."""
+    policy as given, sharded like it: `atlas.distributed.copy_model`). `tools` / `environment_factory`:
+    rollouts turn by turn through tools (atlas.train.agent, TRL's conventions); an environment's
+    `get_reward` joins the reward functions (weight 1, logged as reward_<its class>), which may then be
+    empty."""
 
     def __init__(self, model: Transformer, tokenizer, reward_fns: RewardFn | Sequence[RewardFn],
-                 config: GRPOConfig, ref_model: Transformer | None = None):
+                 config: GRPOConfig, ref_model: Transformer | None = None, tools: Sequence[Callable] | None = None,
+                 environment_factory: Callable[[], Any] | None = None):
+        self.toolbox = None
+        if tools or environment_factory is not None:
+            self.toolbox = Toolbox(tokenizer, tools or (), environment_factory, max_turns=config.max_turns,
+                                   timeout_s=config.tool_timeout_s, max_output_tokens=config.max_tool_output_tokens)
         self.reward_fns = list(reward_fns) if isinstance(reward_fns, Sequence) else [reward_fns]
         scored_elsewhere = type(self).score is not GRPO.score  # a subclass that computes its own rewards
-        if not (self.reward_fns or scored_elsewhere) or not all(callable(f) for f in self.reward_fns):
+        env_reward = self.toolbox is not None and self.toolbox.reward_name is not None
+        if not (self.reward_fns or scored_elsewhere or env_reward) or not all(callable(f) for f in self.reward_fns):
             raise ValueError("reward_fns must be a callable or a non-empty list of callables "
-                             "(prompts, completions, **columns) -> list[float]")
+                             "(prompts, completions, **columns) -> list[float] (empty only with an environment "
+                             "that defines get_reward)")
         self.reward_names = _names(self.reward_fns)
         weights = config.reward_weights or [1.0] * len(self.reward_fns)
         if len(weights) != len(self.reward_fns):
-            raise ValueError(f"reward_weights has {len(weights)} entries for {len(self.reward_fns)} reward functions")
+            raise ValueError(f"reward_weights has {len(weights)} entries for {len(self.reward_fns)} reward functions "
+                             "(an environment's get_reward is not among them: it always weighs 1, as in TRL)")
         self.reward_weights = weights
+        if env_reward:
+            self.reward_fns.append(self.toolbox.reward)
+            self.reward_names.append(self.toolbox.reward_name)
+            self.reward_weights = [*weights, 1.0]
         super().__init__(model, tokenizer, config)
         self.ref = None
         if config.beta > 0:  # GRPO alone decides whether there is a reference, and makes it when not given one
@@ -190,7 +232,7 @@ class GRPO(Trainer):
         config = self.config
         return greedy_eval(self.model, self.tokenizer, examples, self.reward,
                            max_new_tokens=config.eval_max_new_tokens or config.max_new_tokens,
-                           batch_size=config.eval_batch_size)
+                           batch_size=config.eval_batch_size, toolbox=self.toolbox)
 
     def moving_models(self) -> dict[str, Transformer]:
         """The reference, once syncing moves it away from the initial policy."""
@@ -268,9 +310,12 @@ class GRPO(Trainer):
     def _rollout(self, examples: list[Any]) -> TrainingBatch:
         config, G = self.config, self.config.num_generations
         t0 = time.perf_counter()
-        examples = self.prompts_for(examples, list(range(ad.rank(), len(examples), ad.world_size())))
-        batch = sample_rollouts(self.model, self.tokenizer, examples, self.params,
-                                (config.seed, self.step_count + 1), self.sampler)
+        examples = self.prompts_for(examples, my_prompts(len(examples)))
+        seed = (config.seed, self.step_count + 1)
+        if self.toolbox is None:
+            batch = sample_rollouts(self.model, self.tokenizer, examples, self.params, seed, self.sampler)
+        else:
+            batch = agent_rollouts(self.model, self.tokenizer, examples, self.params, seed, self.toolbox, self.sampler)
         rollouts = batch.rollouts
         micro = self._micro_batches(rollouts)
         t1 = time.perf_counter()
@@ -281,8 +326,8 @@ class GRPO(Trainer):
         mean, std = reward_moments(r_PG)
         sums = ad.all_reduce_sums({
             "trained": sum(mb.valid_BT.sum() for mb in micro), "mixed": (r_PG.std(1) > 0).sum(),
-            "completion": sum(len(r.completion_ids) for r in rollouts),
-            "truncated": sum(r.truncated for r in rollouts)})
+            "sampled": sum(r.sampled for r in rollouts), "truncated": sum(r.truncated for r in rollouts),
+            **(tool_sums(rollouts) if self.toolbox is not None else {})})
         n_total = len(examples) * G
         counts = LossCounts(tokens=max(1, int(sums["trained"])), sequences=n_total,
                             max_completion_len=config.max_new_tokens)
@@ -290,9 +335,13 @@ class GRPO(Trainer):
         ref = self._logprobs(self.ref, micro) if self.ref is not None else None
         t3 = time.perf_counter()
         metrics = {"reward_mean": mean, "reward_std": std, "mixed_group_frac": sums["mixed"] / len(examples),
-                   **reward_metrics, "completion_len_mean": sums["completion"] / n_total,
-                   "truncated_frac": sums["truncated"] / n_total, "tokens": sums["completion"],
-                   "rollout_s": t1 - t0, "reward_s": t2 - t1, "logprob_s": t3 - t2}
+                   **reward_metrics, "completion_len_mean": sums["sampled"] / n_total,
+                   "truncated_frac": sums["truncated"] / n_total, "tokens": sums["sampled"],
+                   "trained_tokens": sums["trained"], "rollout_s": t1 - t0, "reward_s": t2 - t1, "logprob_s": t3 - t2}
+        if self.toolbox is not None:
+            metrics.update(tool_metrics(sums, n_total))
+            if self.toolbox.reward_name is not None:
+                metrics["env_reward_mean"] = metrics[f"reward_{self.toolbox.reward_name}"]
         return TrainingBatch(rollouts, micro, adv_B, old, ref, counts, metrics)
 
     def _micro_batches(self, rollouts: list[Rollout]) -> list[RolloutMicroBatch]:

@@ -34,6 +34,9 @@ would bias the teacher). Metrics per step: `baseline_accuracy`, `taught_accuracy
 `output_dir/best_teaching.json` at every save. Prompts are templates in the config ({question},
 {diagnostic}, {teaching}); the defaults are written for this recipe.
 
+The recipe is single-turn: a teaching is one message and the student answers in one; no tools run (the
+teacher's rollouts are one-turn `sample_rollouts`, and the recipe takes no `tools`/`environment_factory`).
+
 Left out: multi-step tasks with tool use, teaching a student that is itself being trained.
 """
 
