@@ -35,6 +35,11 @@ Two log-probabilities per sampled token:
   without top-k/top-p/min-p), so importance weights under truncation need no extra forward (GRPO's
   `tis_cap`).
 
+Conversations (`Sampler.conversation`, an agent's trajectories): rows that generate turn by turn on one
+cache, each turn until a stop token or the row's own budget, rows done early kept (fed masked tokens)
+so that `extend` can prefill what comes next (tool results) into the same cache, without recomputing
+the context; eager only.
+
 Left out: paged attention, continuous batching across calls, speculative decoding, beam search,
 repetition penalties.
 """
@@ -178,6 +183,10 @@ class Sampler:
         if self.compile:
             raise ValueError("a multi-turn conversation runs the eager decode step: use a Sampler without compile")
         self._check_prompts(prompt_ids)
+        limit = self.model.config.max_position_embeddings
+        if max(len(p) for p in prompt_ids) >= limit:
+            raise ValueError(f"a prompt of {max(len(p) for p in prompt_ids)} tokens leaves no position to generate in "
+                             f"(max_position_embeddings {limit}): shorten it")
         return Conversation(self, prompt_ids, params, streams)
 
     def _stop(self, params: SamplingParams) -> torch.Tensor:
@@ -287,7 +296,6 @@ class Conversation:
                  streams: list[tuple[int, ...]]):
         self.sampler, self.params, self.streams, self.turns = sampler, params, list(streams), 0
         model = sampler.model
-        self.limit = model.config.max_position_embeddings
         if len(self.streams) != len(prompt_ids):
             raise ValueError(f"one stream per row: {len(self.streams)} for {len(prompt_ids)} prompts")
         distinct: dict[tuple[int, ...], int] = {}

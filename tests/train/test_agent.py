@@ -192,3 +192,29 @@ def test_a_trl_style_environment_runs_as_is(taught):
     rewards = box.reward(batch.prompts, batch.completions, **batch.columns)
     assert rewards == agent.tool_worked(batch.prompts, batch.completions, **batch.columns)
     assert 0 < sum(rewards) < len(rewards)
+
+
+def test_a_llama_json_call_runs_and_its_result_is_the_templates_ipython_turn(tmp_path):
+    """Llama 3.1's format: the whole turn is one JSON object; the result is appended as the published
+    template's ipython turn, the call and result recorded as messages."""
+    from pathlib import Path
+
+    from atlas.sampler import Completion
+    from atlas.train.agent import _Trajectory
+    from tests.tiny import build_tokenizer
+
+    template = (Path(__file__).parents[1] / "templates" / "llama3_1.jinja").read_text()
+    tok = am.Tokenizer.from_pretrained(build_tokenizer(tmp_path, "llama3", chat_template=template))
+    box = Toolbox(tok, [agent.multiply])
+    assert box.format == "json"
+    written = tok.encode('{"name": "multiply", "parameters": {"a": 3, "b": 4}}', add_special_tokens=False)
+    (end,) = tok.encode("<|eot_id|>", add_special_tokens=False)
+    trajectory = _Trajectory(0, 0, [1, 2], [{"role": "user", "content": "3 * 4?"}], None, box.tools_of(None))
+    done = Completion(written + [end], [0.0] * (len(written) + 1), "stop", 0, [0.0] * (len(written) + 1))
+    appended = trajectory.take_turn(done, tok, box)
+    call, result = trajectory.messages[1:]
+    assert call["tool_calls"][0]["function"] == {"name": "multiply", "arguments": {"a": 3, "b": 4}}
+    assert result == {"role": "tool", "tool_call_id": "call_1_0", "name": "multiply", "content": "12"}
+    assert tok.decode(appended, skip_special_tokens=False) == (
+        '<|start_header_id|>ipython<|end_header_id|>\n\n"12"<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n')
+    assert trajectory.calls == 1 and not trajectory.errors
