@@ -2,6 +2,7 @@
 
     python scripts/build_embedded.py                  # rewrites atlas/embedded/models/ (about 15 minutes on 2 cores)
     python scripts/build_embedded.py --only teaching  # only the teaching task's tokenizer and models
+    python scripts/build_embedded.py --only agent     # only the agent's tokenizer and model (about 7 minutes)
 
 Not part of the package: atlas ships what this wrote (atlas/embedded/models/), and the tasks the
 checkpoints were trained on (atlas/embedded/task.py); this script is how they were made.
@@ -22,6 +23,14 @@ What it makes (all Qwen2-architecture, tied embeddings, fp32 safetensors, a few 
   `teaching-student` (hidden 96, 3 layers: the plain, diagnostic and taught prompts, stopped inside the
   transition on the plain questions like the student) and `teaching-teacher` (hidden 128, 4 layers,
   TEACHING_TEACHER_STEPS of SFT on teaching that is useful in 30% of its examples); see teaching_data.py.
+- the agent's tokenizer (trained on agent_data.corpus(): the shop task's conversations with its tool, one
+  token per digit and per capital letter, so an item's code and a price are copied token by token) and
+  `agent` (hidden 128, 4 layers, AGENT_STEPS of SFT on agent_data.sft_examples(): the `price` tool's
+  demonstrations for some questions, answers from memory for the others) for examples/agent.py. Its
+  chat template renders the tools' signatures and Hermes `<tool_call>` blocks, the assistant's turns in
+  `{% generation %}` blocks. Measured while choosing AGENT_STEPS: greedy held-out success through the
+  tool is 0% up to ~400 steps (the call's format is right from ~75, the copying comes later) and a third
+  from ~500 on (the phrasing that calls the tool); 1500 steps make the copies reliable.
 Fixed seeds make a rebuild on the same machine reproduce the files; another CPU may land elsewhere
 inside the transition (floating-point reductions differ), which is why the results are committed and
 the tests use the committed files. `models/build.json` records each model's steps, held-out figures and
@@ -37,15 +46,17 @@ import json
 import time
 from pathlib import Path
 
+import agent_data
 import teaching_data as teaching
 import torch
+from tokenizers import Regex, decoders, models, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as HFTokenizer
-from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
 import atlas.model as am
 from atlas.distill import SFT, SFTConfig
-from atlas.embedded import MODELS, task
+from atlas.embedded import MODELS, shop, task
 from atlas.reward import answer_match
+from atlas.train.agent import Toolbox
 from atlas.train.data import DataOrder
 from atlas.train.evaluate import greedy_eval
 
@@ -59,6 +70,23 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
+# the agent's: the tools' signatures in a system turn, Hermes <tool_call> blocks, tool results in their own turns
+AGENT_TEMPLATE = (
+    "{%- if tools %}{{- '<|im_start|>system\\nTools:' }}"
+    "{%- for tool in tools %}"
+    "{{- ' ' + tool.function.name + '(' + (tool.function.parameters.properties | list | join(', ')) + ')' }}"
+    "{%- endfor %}{{- '<|im_end|>\\n' }}{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if message.role == 'assistant' %}{{- '<|im_start|>assistant\\n' }}"
+    "{% generation %}{{- message.content or '' }}"
+    "{%- for call in message.tool_calls or [] %}"
+    "{{- '<tool_call>{\"name\": \"' + call.function.name + '\", \"arguments\": ' + (call.function.arguments | tojson)"
+    " + '}</tool_call>' }}"
+    "{%- endfor %}{{- '<|im_end|>' }}{% endgeneration %}{{- '\\n' }}"
+    "{%- else %}{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
 VOCAB = 384
 TEACHER = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
                num_key_value_heads=2)
@@ -68,15 +96,18 @@ TEACHER_STEPS = 1500
 STUDENT_MAX_STEPS = 1500
 STUDENT_TARGET = 0.2
 TEACHING_TEACHER_STEPS = 600
-EVAL_EVERY = {"teacher": 100, "student": 5, "teaching-student": 5, "teaching-teacher": 100}
+AGENT_STEPS = 1500
+EVAL_EVERY = {"teacher": 100, "student": 5, "teaching-student": 5, "teaching-teacher": 100, "agent": 100}
 SFT_SETTINGS = dict(lr=1e-3, batch_size=64, micro_batch_size=64, warmup_ratio=0.03, weight_decay=0.0,
                     max_grad_norm=1.0, seed=0)
 EVAL_QUESTIONS = 200  # held-out questions evaluated while building (all 828 for the final figures)
 
 
-def build_tokenizer(out_dir: Path, corpus: list[str]) -> am.Tokenizer:
+def build_tokenizer(out_dir: Path, corpus: list[str], template: str = CHAT_TEMPLATE,
+                    single_letters: bool = False) -> am.Tokenizer:
     tok = HFTokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+    letters = [pre_tokenizers.Split(Regex("[A-Z]"), "isolated")] if single_letters else []
+    tok.pre_tokenizer = pre_tokenizers.Sequence([*letters, pre_tokenizers.Digits(individual_digits=True),
                                                  pre_tokenizers.ByteLevel(add_prefix_space=False)])
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
@@ -87,7 +118,7 @@ def build_tokenizer(out_dir: Path, corpus: list[str]) -> am.Tokenizer:
     out_dir.mkdir(parents=True, exist_ok=True)
     tok.save(str(out_dir / "tokenizer.json"))
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 512, "bos_token": None,
-              "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "chat_template": CHAT_TEMPLATE}
+              "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "chat_template": template}
     (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
     return am.Tokenizer.from_pretrained(out_dir)
 
@@ -198,10 +229,34 @@ def build_teaching(out: Path) -> dict:
     return results
 
 
+def agent_success(model, tokenizer, n: int | None = None) -> dict:
+    """Greedy held-out results through the `price` tool (atlas.train.evaluate with a Toolbox)."""
+    toolbox = Toolbox(tokenizer, [shop.price], max_turns=3)
+    return greedy_eval(model.eval(), tokenizer, shop.examples("eval")[:n], answer_match, max_new_tokens=48,
+                       toolbox=toolbox)
+
+
+def build_agent(out: Path) -> dict:
+    renderer = am.Tokenizer.from_pretrained(out / "tokenizer", chat_template=AGENT_TEMPLATE)  # text only
+
+    def render(messages, tools):
+        return renderer.apply_chat_template(messages, add_generation_prompt=False, tools=tools)
+
+    tokenizer = build_tokenizer(out / "agent-tokenizer", agent_data.corpus(render), AGENT_TEMPLATE,
+                                single_letters=True)
+    result = train("agent", tokenizer, TEACHER, AGENT_STEPS, None, agent_data.sft_examples(),
+                   lambda m: agent_success(m, tokenizer, EVAL_QUESTIONS)["success_rate"])
+    am.save_pretrained(result["model"], out / "agent", tokenizer=tokenizer)
+    final = agent_success(result["model"], tokenizer)
+    print(f"agent: {result['steps']} steps, held-out {final}", flush=True)
+    return {"agent": {"sft_steps": result["steps"], "history": result["history"], "held_out": final,
+                      "no_tool_ceiling": shop.no_tool_ceiling()}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=MODELS)
-    ap.add_argument("--only", choices=["addition", "teaching"], help="rebuild one part (default: both)")
+    ap.add_argument("--only", choices=["addition", "teaching", "agent"], help="rebuild one part (default: all)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     record = args.out / "build.json"
@@ -210,6 +265,8 @@ def main() -> None:
         results.update(build_addition(args.out))
     if args.only in (None, "teaching"):
         results.update(build_teaching(args.out))
+    if args.only in (None, "agent"):
+        results.update(build_agent(args.out))
     record.write_text(json.dumps(results, indent=2) + "\n")
 
 

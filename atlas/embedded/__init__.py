@@ -3,6 +3,10 @@
     from atlas.embedded import task, model_path
     student = am.from_pretrained(model_path("student"))     # GRPO's start point and GKD's student
     teacher = am.from_pretrained(model_path("teacher"))     # GKD's teacher
+    agent = am.from_pretrained(model_path("agent"))         # an agent with a tool (atlas.embedded.shop)
+
+Tasks: `task` (two-digit addition: the student, the teacher and the teaching models) and `shop` (an
+item's price, which only the `price` tool knows: the agent).
 
 The checkpoints are committed (atlas/embedded/models/, built once by scripts/build_embedded.py, outside the
 package), so a first run starts at once and the tests use the same files everywhere.
@@ -10,13 +14,13 @@ package), so a first run starts at once and the tests use the same files everywh
 
 from pathlib import Path
 
-from atlas.embedded import task
+from atlas.embedded import shop, task
 
 MODELS = Path(__file__).resolve().parent / "models"
 
 
 def model_path(name: str) -> Path:
-    """The directory of an embedded checkpoint ("student", "teacher") or of "tokenizer"."""
+    """The directory of an embedded checkpoint ("student", "teacher", "agent", ...) or of "tokenizer"."""
     path = MODELS / name
     if not (path / "config.json").exists() and not (path / "tokenizer.json").exists():
         raise ValueError(f"no embedded checkpoint {name!r} in {MODELS}: choose one of "
@@ -25,4 +29,4 @@ def model_path(name: str) -> Path:
     return path
 
 
-__all__ = ["MODELS", "model_path", "task"]
+__all__ = ["MODELS", "model_path", "shop", "task"]
