@@ -267,6 +267,16 @@ def report_lines(s: dict[str, Any], result: dict[str, Any]) -> list[str]:
         lines.append(f"held-out accuracy: {before['eval_success_rate']:.1%} before, {after['eval_success_rate']:.1%} "
                      f"after ({after['eval_n']} questions, greedy); mean completion tokens "
                      f"{before['eval_mean_tokens']:.1f} -> {after['eval_mean_tokens']:.1f}")
+    if "eval_tool_calls_mean" in before:  # an agent's evaluation, through its tools
+        def errors(e):
+            found = {k.removeprefix("eval_tool_error_frac_"): v for k, v in e.items()
+                     if k.startswith("eval_tool_error_frac_") and v}
+            return ", ".join(f"{k} {v:.1%}" for k, v in found.items()) or "none"
+
+        lines.append(f"tool use (held-out): {before['eval_tool_calls_mean']:.2f} calls per rollout before, "
+                     f"{after['eval_tool_calls_mean']:.2f} after; turns {before['eval_turns_mean']:.2f} -> "
+                     f"{after['eval_turns_mean']:.2f}; tool errors by reason (share of calls): before "
+                     f"{errors(before)}; after {errors(after)}")
     if "eval_taught_accuracy" in before:
         lines.append(f"student held-out accuracy alone / with the teacher's teaching: start "
                      f"{before['eval_baseline_accuracy']:.1%} / {before['eval_taught_accuracy']:.1%}, end "

@@ -13,7 +13,8 @@ atlas/cli.py; examples/*.py write the same build out in plain API calls.
     tools: null                         # grpo: the agent's tools, module:function,... (or file.py:function)
     environment: null                   # grpo: a TRL-style environment class, module:Class (or file.py:Class)
     data:
-      source: embedded                  # embedded (the built-in task) | traces.jsonl | postgresql://...
+      source: embedded                  # embedded (the built-in task) | embedded:shop (the agent's task) |
+                                        #   traces.jsonl | postgresql://...
       review_status: [approved]         # the trace filters (atlas.data.load_sessions)
       min_reward: null
       status: null
@@ -28,7 +29,8 @@ directory; `embedded:<name>` names a checkpoint shipped in the package (atlas/em
 `train.output_dir` is relative to the working directory (where results go is the caller's choice).
 
 Data. `embedded`: the built-in addition task (atlas.embedded.task), its own train/eval split, references
-for the rule reward, completions for SFT. A trace source: sessions through `atlas.data.load_sessions`
+for the rule reward, completions for SFT; `embedded:shop`: the embedded agent's task (atlas.embedded.shop:
+an item's price, which only the `price` tool knows). A trace source: sessions through `atlas.data.load_sessions`
 with the data filters (approved only by default; configs/sft.yaml also asks for `min_reward: 0.8` and
 `status: succeeded`), then for SFT and GKD `data.format`: `trajectory` (the default:
 `trajectory_examples`, the agent's transcripts as multi-turn tool-call conversations, with
@@ -67,6 +69,7 @@ from atlas.model.config import DTYPES
 from atlas.rl import GRPO, GRPOConfig, TeacherConfig, Teaching
 
 TRAINERS: dict[str, type] = {"sft": SFTConfig, "grpo": GRPOConfig, "gkd": GKDConfig, "teacher": TeacherConfig}
+EMBEDDED_TASKS = {"embedded": ("task", "two-digit addition"), "embedded:shop": ("shop", "item prices through a tool")}
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
@@ -168,11 +171,15 @@ def load_data(recipe: Recipe, allow_empty: bool = False) -> tuple[list[Any], lis
     """(train examples, eval examples, a report of where they came from and what was excluded); no
     training example is a ValueError unless `allow_empty` (a dry run reports it instead)."""
     spec = recipe.data
-    if spec.source == "embedded":
-        from atlas.embedded import task
+    if spec.source.startswith("embedded:") and spec.source not in EMBEDDED_TASKS:
+        raise ValueError(f"data.source {spec.source!r} is no embedded task: choose one of {sorted(EMBEDDED_TASKS)}")
+    if spec.source in EMBEDDED_TASKS:
+        import importlib
 
+        name, what = EMBEDDED_TASKS[spec.source]
+        task = importlib.import_module(f"atlas.embedded.{name}")
         train, evals = task.examples("train"), task.examples("eval")
-        report = {"source": "embedded", "task": "two-digit addition (atlas.embedded.task)"}
+        report = {"source": spec.source, "task": f"{what} (atlas.embedded.{name})"}
     else:
         from atlas.data import gkd_examples, grpo_examples, load_sessions, trajectory_examples
 

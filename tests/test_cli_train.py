@@ -3,6 +3,7 @@ the JSONL fixture and from the Postgres fixture to an hf/ that transformers load
 `atlas eval` on the result, `atlas plot` to a PNG."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -10,9 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
+import atlas.model as am
 from atlas.cli import main
 from tests import agent
-from tests.data.records import FIXTURES, make_record, write_jsonl
+from tests.data.records import FIXTURES, make_record, shop_records, write_jsonl
 from tests.tiny import TOOLS_TEMPLATE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -204,3 +206,31 @@ train: {{output_dir: {tmp_path / 'run'}, max_steps: 1, prompts_per_step: 2, num_
     sft = tmp_path / "sft.yaml"
     sft.write_text("recipe: sft\ntools: env.py:multiply\n")
     assert main(["train", str(sft), "--dry-run"]) == 2
+
+
+def test_sft_and_gkd_train_the_embedded_agent_on_its_recorded_transcripts(tmp_path):
+    """The agent task's sessions as the runtime records them (tests/data/records.shop_records: the `price`
+    call in the runtime's tool_calls= form): `atlas train configs/sft.yaml traces=...` trains the embedded
+    agent on its calls and answers (rendered by its own template, the schema inferred from the calls), and
+    GKD distils per assistant turn on the same transcripts; both end in a checkpoint that answers through
+    the tool."""
+    traces = write_jsonl(tmp_path / "shop.jsonl", shop_records(40))
+    common = [f"traces={traces}", "model=embedded:agent", "eval_fraction=0.2"]
+    report = json.loads(_atlas(["train", str(CONFIGS / "sft.yaml"), *common, "--dry-run"], tmp_path))
+    assert report["data"]["tool_schemas"]["source"] == "inferred from the calls"
+    assert report["data"]["transcripts"]["tool_names"] == {"price": 40}
+    call, answer = report["sample_trained_spans"]
+    assert call.startswith('<tool_call>{"name": "price", "arguments": {"item": "')
+    assert answer.startswith("The answer is")
+    assert "Tools: price(item)" in report["sample_example"]
+    _atlas(["train", str(CONFIGS / "sft.yaml"), *common, "max_steps=4", "batch_size=8", "micro_batch_size=8",
+            "eval_every=4", "eval_max_new_tokens=48", f"output_dir={tmp_path / 'sft'}"], tmp_path)
+    _atlas(["train", str(CONFIGS / "gkd.yaml"), *common, "teacher=embedded:agent", "max_steps=2", "batch_size=4",
+            "micro_batch_size=4", "max_new_tokens=48", "eval_every=0", f"output_dir={tmp_path / 'gkd'}"], tmp_path)
+    for run in ("sft", "gkd"):
+        rows = [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        assert rows and all(math.isfinite(r.get("loss", 0.0)) for r in rows)
+        tok = am.Tokenizer.from_pretrained(tmp_path / run / "hf")
+        assert tok.tool_call_format == "hermes"  # the export keeps the agent's template
+    sft_rows = [json.loads(line) for line in (tmp_path / "sft" / "metrics.jsonl").read_text().splitlines()]
+    assert sft_rows[-1]["eval_success_rate"] >= 0  # evaluated greedily on the held-out sessions

@@ -55,6 +55,24 @@ def test_the_readme_main_command_runs_on_two_processes(tmp_path):
     assert (tmp_path / "two" / "hf" / "model.safetensors").exists()
 
 
+def test_agent_example_runs_through_its_tool_and_reports(tmp_path):
+    stdout = _run([sys.executable, str(ROOT / "examples" / "agent.py"), "max_steps=3", "eval_every=3",
+                   "data.eval_limit=24", "--output-dir", "agent"], tmp_path)
+    assert "held-out accuracy:" in stdout and "tool use (held-out):" in stdout
+    rows = read_metrics(tmp_path / "agent" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [0, 1, 2, 3, 3] and all(r["tool_calls_mean"] > 0 for r in rows[1:4])
+
+
+@pytest.mark.slow
+def test_the_agent_example_runs_on_two_processes_and_as_an_environment(tmp_path):
+    stdout = _run(["torchrun", "--nproc_per_node=2", str(ROOT / "examples" / "agent.py"), "max_steps=2",
+                   "eval_every=2", "data.eval_limit=16", "--environment", "atlas.embedded.shop:Shop", "tools=null",
+                   "--output-dir", "two"], tmp_path)
+    assert stdout.count("tool use (held-out):") == 1
+    rows = read_metrics(tmp_path / "two" / "metrics.jsonl")
+    assert rows[-1]["eval_n"] == 16 and rows[-1]["eval_tool_calls_mean"] > 0
+
+
 def test_gkd_example_runs_and_reports(tmp_path):
     stdout = _run([sys.executable, str(ROOT / "examples" / "gkd.py"), "max_steps=3", "eval_every=3",
                    "data.eval_limit=40", "--output-dir", "gkd"], tmp_path)

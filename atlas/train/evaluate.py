@@ -9,7 +9,8 @@ scores the answers with the arguments training gives it (the rollouts' `RolloutB
 the example gives it, its columns), so a prompt-sensitive judge scores a completion alike in both (a
 rule reward or RIM: any reward function of the trainers' shape). With a `toolbox` the answers are an
 agent's, through the same tool loop as training (atlas.train.agent; the reward sees the final message and
-the `trajectories` column), and the result adds turns_mean, tool_calls_mean and tool_error_frac. A
+the `trajectories` column), and the result adds the tool metrics GRPO logs (atlas.train.agent.tool_metrics:
+turns_mean, tool_calls_mean, tool_error_frac and by reason, ...). A
 completion succeeds when its score is >= `threshold` (0.5: a rule reward's 1 or a judge's "mostly
 right"). `mean_tokens` counts the tokens the model generated, the end-of-turn token included (an agent's
 over all its turns, tool results not included). Under torchrun every rank answers its share of the
@@ -67,6 +68,5 @@ def greedy_eval(model, tokenizer, examples: Sequence[Any], reward_fn: Callable[.
     out = {"success_rate": sums["success"] / n, "reward_mean": sums["reward"] / n, "mean_tokens": sums["tokens"] / n,
            "n": int(n)}
     if toolbox is not None:
-        tools = tool_metrics(sums, n)
-        out.update({key: tools[key] for key in ("turns_mean", "tool_calls_mean", "tool_error_frac")})
+        out.update(tool_metrics(sums, n))
     return out

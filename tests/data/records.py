@@ -222,3 +222,20 @@ def generate_records(n: int, seed: int = 0, start_id: int = 1) -> list[dict[str,
             audit_chars=rng.randint(300, 1500),
         ))  # fmt: skip
     return records
+
+
+def shop_records(count: int, start: int = 1) -> list[dict[str, Any]]:
+    """The embedded agent task's sessions (atlas.embedded.shop) as the runtime records them: per item, one
+    step whose transcript is the question, the `price` call in the runtime's `tool_calls=` form, its result
+    and the answer."""
+    from atlas.embedded import shop
+
+    out = []
+    for k, example in enumerate(shop.examples("train")[:count]):
+        item = example.meta["item"]
+        trace = "\n".join([
+            "HUMAN: " + json.dumps({"step": {"id": 1, "description": shop.question(item)}, "context": {}}),
+            "AI: tool_calls=" + json.dumps([{"name": "price", "args": {"item": item}, "id": "call_1"}]),
+            f"TOOL: {shop.price(item)}", f"AI: {shop.answer(item)}"])
+        out.append(make_record(start + k, shop.question(item), final_answer=shop.answer(item), traces=[trace]))
+    return out
