@@ -62,7 +62,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
+        x32 = x.to(torch.promote_types(x.dtype, torch.float32))  # at least fp32 (float64 stays float64)
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x32.to(x.dtype)
 
@@ -101,15 +101,15 @@ class Attention(nn.Module):
                 ctx.max_seqlen, ctx.max_seqlen, causal=True,
             )
             out = out.unsqueeze(0)  # [1, T, H, D]
-        elif ctx.segments is not None:  # packed sequences: causal attention within each, never across
+        elif ctx.segments is not None:  # packed sequences: causal within each (after its parent), never across
             parts = []
-            for idx_nL in ctx.segments:  # one SDPA call per group of equal-length sequences
-                n, L = idx_nL.shape
-
-                def rows(x_1hTD, idx_nL=idx_nL, n=n, L=L):
-                    return x_1hTD[0].index_select(1, idx_nL.flatten()).unflatten(1, (n, L)).transpose(0, 1)
-
-                o = F.scaled_dot_product_attention(rows(q), rows(k), rows(v), is_causal=True,
+            for seg in ctx.segments:  # one SDPA call per group of sequences of equal (length, parent's length)
+                keys, values = _rows(k, seg.idx_nL), _rows(v, seg.idx_nL)
+                if seg.parent_nP is not None:  # the parent's keys and values first: shared, not recomputed
+                    keys = torch.cat([_rows(k, seg.parent_nP), keys], dim=2)
+                    values = torch.cat([_rows(v, seg.parent_nP), values], dim=2)
+                o = F.scaled_dot_product_attention(_rows(q, seg.idx_nL), keys, values, attn_mask=seg.mask_LS,
+                                                   is_causal=seg.mask_LS is None,
                                                    enable_gqa=self.n_heads != self.n_kv_heads)
                 parts.append(o.transpose(0, 1).flatten(1, 2))  # [H, n * L, D]
             out = torch.cat(parts, 1).index_select(1, ctx.unpermute).transpose(0, 1)[None]  # [1, T, H, D]
@@ -125,6 +125,12 @@ class Attention(nn.Module):
                 q, k, v, attn_mask=ctx.mask, is_causal=ctx.is_causal, enable_gqa=self.n_heads != self.n_kv_heads
             ).transpose(1, 2)
         return self.o_proj(out.reshape(B, T, self.n_heads * self.head_dim))
+
+
+def _rows(x_1hTD: torch.Tensor, idx_nL: torch.Tensor) -> torch.Tensor:
+    """The packed row's positions idx [n, L] as n sequences: [n, h, L, D]."""
+    n, L = idx_nL.shape
+    return x_1hTD[0].index_select(1, idx_nL.flatten()).unflatten(1, (n, L)).transpose(0, 1)
 
 
 class MLP(nn.Module):
@@ -212,6 +218,7 @@ class Transformer(nn.Module):
         positions_BT: torch.Tensor | None = None,
         attention_mask_BT: torch.Tensor | None = None,
         cu_seqlens: torch.Tensor | None = None,
+        parents: torch.Tensor | None = None,
         cache: KVCache | None = None,
         return_hidden: bool = False,
     ) -> torch.Tensor:
@@ -219,6 +226,7 @@ class Transformer(nn.Module):
 
         attention_mask_BT: 1 for real tokens, 0 for padding (left or right); pads attend only to themselves.
         cu_seqlens: [S + 1] int32 cumulative lengths of S sequences packed into one row (B must be 1).
+        parents: [S], with cu_seqlens: the earlier sequence each continues (a shared prefix), or -1.
         positions_BT: rope positions; by default the regime's (atlas.model.attention).
         cache: a KVCache; this call takes its next T slots of every row (`KVCache.advance`: in static mode
             one slot, T = 1) and writes them.
@@ -227,7 +235,7 @@ class Transformer(nn.Module):
             raise ValueError(f"input_ids must be [batch, time], got shape {tuple(input_ids_BT.shape)}")
         B, T = input_ids_BT.shape
         flash = flash_attn_varlen_func is not None and input_ids_BT.is_cuda and self._half()
-        ctx, positions = attention_context(input_ids_BT, attention_mask_BT, cu_seqlens, cache, flash)
+        ctx, positions = attention_context(input_ids_BT, attention_mask_BT, cu_seqlens, cache, flash, parents)
         if positions_BT is not None:
             if positions_BT.shape != (B, T):
                 raise ValueError(f"positions_BT must have shape {(B, T)}, got {tuple(positions_BT.shape)}")
