@@ -8,8 +8,8 @@ with mean_g the mean reward of the G completions of the same prompt, and s, by `
   which keeps a group whose rewards barely differ from getting advantages as large as one whose rewards
   differ a lot;
 - "none" (Dr. GRPO): no scaling, s + eps = 1.
-A group whose completions all score the same has A = 0 for all of them: it teaches nothing (the share of
-groups that do teach is logged as `mixed_group_frac`).
+A group whose completions all score the same has A = 0 for all of them: it teaches nothing (GRPO logs
+their share as `zero_variance_frac`, and `zero_variance_groups: skip` leaves them out of the update).
 
 Left out: leave-one-out baselines (RLOO), reward whitening across steps.
 """

@@ -25,6 +25,19 @@ The rollout batch is built once per `mu` steps (`TrainingBatch`): prompts render
 functions' arguments once, the micro-batches and every per-token value (the sampler's, old, reference
 log-probabilities) as tensors laid out on them once; each optimizer step is one pass over them.
 
+Each prompt is computed once per group in every pass (reference, old, and the policy's forward and
+backward): the micro-batches pack each prompt once with its completions after it (atlas.train.rollout),
+which gives the log-probabilities and gradients of G separate sequences with |p| + G |c| tokens of work
+instead of G (|p| + |c|), and no compute on padding.
+
+Groups whose G rewards are all equal (`zero_variance_frac` of them per step) have advantage 0 on every
+token. `zero_variance_groups: train` (the default, TRL's behaviour) keeps them: only their KL term acts
+(none at beta = 0), and their tokens and sequences count in the loss's denominators. `skip` (DAPO's and
+prime-rl's) leaves them out of the micro-batches: no forward or backward for them, no KL term, and the
+denominators count only the groups kept, so under token_mean the loss is sum over kept tokens / kept
+tokens (each kept token weighs more than with `train` when some groups are skipped). A step where every
+group is skipped does not touch the weights (`Trainer.optimizer_step(apply=False)`).
+
 Truncated sampling (top-p/top-k/min-p) draws each token from q, the truncated distribution renormalised,
 not from the policy's full distribution p at the sampling temperature. `tis_cap = C` multiplies each
 token's clipped policy term (not its KL term, as TRL) by w_t = min(exp(old_t - log q_t), C), log q_t the
@@ -122,6 +135,7 @@ class GRPOConfig(TrainConfig, Truncation):
     ref_sync_every: int = 0  # 0: the reference stays the initial policy
     ref_sync_alpha: float = 0.9
     reward_weights: list[float] | None = None
+    zero_variance_groups: Literal["train", "skip"] = "train"  # groups whose rewards are all equal
     eval_max_new_tokens: int | None = None  # default: max_new_tokens
     eval_batch_size: int = 64
     max_turns: int = 8  # with tools: assistant turns per trajectory (max_new_tokens is their sum)
@@ -161,16 +175,17 @@ class GRPOConfig(TrainConfig, Truncation):
 @dataclass
 class TrainingBatch:
     """One rollout batch as GRPO trains on it for `mu` optimizer steps: the rollouts, their micro-batches,
-    and per micro-batch the advantages [B] and the old and reference log-probabilities [B, T] (old None
-    with mu = 1: the current ones, detached)."""
+    and per micro-batch the advantages of its rollouts [B] and the old and reference log-probabilities of
+    its targets [M] (old None with mu = 1: the current ones, detached)."""
 
     rollouts: list[Rollout]
     micro: list[RolloutMicroBatch]
     adv_B: list[torch.Tensor]
-    old_BT: list[torch.Tensor] | None
-    ref_BT: list[torch.Tensor] | None
+    old_M: list[torch.Tensor] | None
+    ref_M: list[torch.Tensor] | None
     counts: LossCounts
     metrics: dict[str, float]
+    kept: list[int]  # the rollouts trained on (zero_variance_groups="skip" leaves some out)
     inner: int = 0
 
 
@@ -244,28 +259,28 @@ class GRPO(Trainer):
         if b is None:
             return {}
 
-        def per_rollout(values_BT):
+        def per_rollout(values_M):
             out: dict[int, list[float]] = {}
-            for mb, values in zip(b.micro, values_BT):
+            for mb, values in zip(b.micro, values_M):
                 out.update(mb.take(values, b.rollouts))
             return [out[r] for r in range(len(b.rollouts))]
 
         adv = {r: a for mb, adv_B in zip(b.micro, b.adv_B) for r, a in zip(mb.rows, adv_B.tolist())}
         return {"rollouts": [vars(r) for r in b.rollouts], "advantages": [adv[r] for r in range(len(b.rollouts))],
-                "old": None if b.old_BT is None else per_rollout(b.old_BT),
-                "ref": None if b.ref_BT is None else per_rollout(b.ref_BT),
-                "counts": vars(b.counts), "metrics": b.metrics, "inner": b.inner}
+                "old": None if b.old_M is None else per_rollout(b.old_M),
+                "ref": None if b.ref_M is None else per_rollout(b.ref_M),
+                "counts": vars(b.counts), "metrics": b.metrics, "kept": b.kept, "inner": b.inner}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         if not state:
             return
         rollouts = [Rollout(**r) for r in state["rollouts"]]
-        micro = self._micro_batches(rollouts)
+        micro = self._micro_batches(rollouts, state["kept"])
         self.rollout_batch = TrainingBatch(
             rollouts, micro, self._advantages_by_micro(micro, state["advantages"]),
-            None if state["old"] is None else [mb.place(state["old"], rollouts) for mb in micro],
-            None if state["ref"] is None else [mb.place(state["ref"], rollouts) for mb in micro],
-            LossCounts(**state["counts"]), state["metrics"], state["inner"])
+            None if state["old"] is None else [mb.place(state["old"]) for mb in micro],
+            None if state["ref"] is None else [mb.place(state["ref"]) for mb in micro],
+            LossCounts(**state["counts"]), state["metrics"], state["kept"], state["inner"])
 
     # rewards
 
@@ -317,24 +332,26 @@ class GRPO(Trainer):
         else:
             batch = agent_rollouts(self.model, self.tokenizer, examples, self.params, seed, self.toolbox, self.sampler)
         rollouts = batch.rollouts
-        micro = self._micro_batches(rollouts)
         t1 = time.perf_counter()
         rewards, reward_metrics = self.score(batch)
         t2 = time.perf_counter()
         r_PG = torch.tensor(rewards, dtype=torch.float64).view(-1, G)
+        flat = (r_PG == r_PG[:, :1]).all(1)  # groups whose rewards are all equal: advantage 0 everywhere
+        kept = [r for r in range(len(rollouts)) if not (config.zero_variance_groups == "skip" and flat[r // G])]
+        micro = self._micro_batches(rollouts, kept)
         adv_B = self._advantages_by_micro(micro, group_advantages(r_PG, config.adv_scale).flatten().tolist())
         mean, std = reward_moments(r_PG)
         sums = ad.all_reduce_sums({
-            "trained": sum(mb.valid_BT.sum() for mb in micro), "mixed": (r_PG.std(1) > 0).sum(),
+            "trained": sum(mb.valid_M.sum() for mb in micro), "flat": flat.sum(), "kept": len(kept),
             "sampled": sum(r.sampled for r in rollouts), "truncated": sum(r.truncated for r in rollouts),
             **(tool_sums(rollouts) if self.toolbox is not None else {})})
         n_total = len(examples) * G
-        counts = LossCounts(tokens=max(1, int(sums["trained"])), sequences=n_total,
+        counts = LossCounts(tokens=int(sums["trained"]), sequences=int(sums["kept"]),
                             max_completion_len=config.max_new_tokens)
         old = self._logprobs(self.model, micro) if config.mu > 1 else None
         ref = self._logprobs(self.ref, micro) if self.ref is not None else None
         t3 = time.perf_counter()
-        metrics = {"reward_mean": mean, "reward_std": std, "mixed_group_frac": sums["mixed"] / len(examples),
+        metrics = {"reward_mean": mean, "reward_std": std, "zero_variance_frac": sums["flat"] / len(examples),
                    **reward_metrics, "completion_len_mean": sums["sampled"] / n_total,
                    "truncated_frac": sums["truncated"] / n_total, "tokens": sums["sampled"],
                    "trained_tokens": sums["trained"], "rollout_s": t1 - t0, "reward_s": t2 - t1, "logprob_s": t3 - t2}
@@ -342,62 +359,62 @@ class GRPO(Trainer):
             metrics.update(tool_metrics(sums, n_total))
             if self.toolbox.reward_name is not None:
                 metrics["env_reward_mean"] = metrics[f"reward_{self.toolbox.reward_name}"]
-        return TrainingBatch(rollouts, micro, adv_B, old, ref, counts, metrics)
+        return TrainingBatch(rollouts, micro, adv_B, old, ref, counts, metrics, kept)
 
-    def _micro_batches(self, rollouts: list[Rollout]) -> list[RolloutMicroBatch]:
+    def _micro_batches(self, rollouts: list[Rollout], kept: list[int]) -> list[RolloutMicroBatch]:
+        """The micro-batches of the rollouts `kept` (all but skipped zero-variance groups)."""
         config = self.config
-        count = micro_batch_count(len(rollouts), config.micro_batch_size)
+        count = micro_batch_count(len(kept), config.micro_batch_size)
         return rollout_micro_batches(rollouts, config.micro_batch_size, self.pad_id, ad.device(), count,
-                                     [config.mask_truncated and r.truncated for r in rollouts])
+                                     [config.mask_truncated and r.truncated for r in rollouts], kept)
 
     @staticmethod
     def _advantages_by_micro(micro: list[RolloutMicroBatch], advantages: list[float]) -> list[torch.Tensor]:
-        """Each micro-batch's advantages [B] (0 on padding rows)."""
-        out = []
-        for mb in micro:
-            adv = torch.zeros(mb.micro.targets_BT.shape[0], dtype=torch.float32)
-            adv[:len(mb.rows)] = torch.tensor([advantages[r] for r in mb.rows], dtype=torch.float32)
-            out.append(adv.to(mb.micro.targets_BT.device))
-        return out
+        """Each micro-batch's advantages, one per rollout [B]."""
+        return [torch.tensor([advantages[r] for r in mb.rows], dtype=torch.float32, device=mb.targets_M.device)
+                for mb in micro]
 
     def _logprobs(self, model, micro: list[RolloutMicroBatch]) -> list[torch.Tensor]:
-        """Per-token log-probabilities [B, T] of each micro-batch under `model` (no grad), at the sampling
+        """The targets' log-probabilities [M] of each micro-batch under `model` (no grad), at the sampling
         temperature."""
         with torch.no_grad():
-            return [model.token_logprobs(model(mb.micro.input_ids_BT, return_hidden=True,
-                                               **mb.micro.forward_kwargs()), mb.micro.targets_BT,
-                                         self.config.temperature) for mb in micro]
+            return [model.token_logprobs(mb.hidden(model), mb.targets_M, self.config.temperature) for mb in micro]
 
     def _update(self, b: TrainingBatch) -> dict[str, float]:
         config, device = self.config, ad.device()
         t0 = time.perf_counter()
         first = b.inner == 0
+        if b.counts.tokens == 0:  # every group skipped (or every completion masked): nothing to learn from
+            row = {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "entropy": 0.0, **self.optimizer_step(apply=False),
+                   **b.metrics}
+            self._maybe_sync_reference()
+            row["update_s"] = time.perf_counter() - t0
+            return row if first else {**row, "rollout_s": 0.0, "reward_s": 0.0, "logprob_s": 0.0, "tokens": 0.0}
         zero = torch.zeros((), dtype=torch.float64, device=device)
         sums = dict.fromkeys(("loss", "kl", "clipped", "tokens", "entropy", "gap", "count"), zero)
         gap_max = zero
         for i, mb in enumerate(b.micro):
-            hidden = self.model(mb.micro.input_ids_BT, return_hidden=True, **mb.micro.forward_kwargs())
-            logp, entropy = self.model.token_logprobs(hidden, mb.micro.targets_BT, config.temperature,
+            logp, entropy = self.model.token_logprobs(mb.hidden(self.model), mb.targets_M, config.temperature,
                                                       return_entropy=True)
-            valid = mb.valid_BT
-            old = logp.detach() if b.old_BT is None else b.old_BT[i]
+            valid = mb.valid_M
+            old = logp.detach() if b.old_M is None else b.old_M[i]
             weights = None
             if config.tis_cap is not None:
-                weights = torch.exp(old - mb.sampled_logprobs_BT).clamp(max=config.tis_cap)
-            loss, stats = policy_loss(logp, old, b.adv_B[i], valid, b.counts, eps_low=config.eps_low,
+                weights = torch.exp(old - mb.sampled_logprobs_M).clamp(max=config.tis_cap)
+            adv = b.adv_B[i][mb.seq_M] if mb.rows else torch.zeros_like(logp)
+            loss, stats = policy_loss(logp, old, adv, valid, b.counts, seq_M=mb.seq_M, eps_low=config.eps_low,
                                       eps_high=config.eps_high, beta=config.beta,
-                                      ref_BT=None if b.ref_BT is None else b.ref_BT[i], weights_BT=weights,
+                                      ref_M=None if b.ref_M is None else b.ref_M[i], weights_M=weights,
                                       norm=config.loss_norm)
             self.backward(loss)
-            gap = (old - mb.logprobs_BT).abs() * valid  # old: this pass's own log-probs at mu = 1
+            gap = (old - mb.logprobs_M).abs() * valid  # old: this pass's own log-probs at mu = 1
             for key, value in (("loss", loss.detach()), ("kl", stats.get("kl", zero)), ("clipped", stats["clipped"]),
                                ("tokens", stats["tokens"]), ("entropy", (entropy.detach() * valid).sum()),
                                ("gap", gap.sum()), ("count", valid.sum())):
                 sums[key] = sums[key] + value.double()
             gap_max = torch.maximum(gap_max, gap.max().double() if gap.numel() else gap_max)
         out = self.optimizer_step()
-        if self.ref is not None and config.ref_sync_every and self.step_count % config.ref_sync_every == 0:
-            self._sync_reference()
+        self._maybe_sync_reference()
         sums = ad.all_reduce_sums(sums)
         gap_max = ad.all_reduce(gap_max, "max").item()
         tokens, count = max(sums["tokens"], 1.0), max(sums["count"], 1.0)
@@ -409,6 +426,11 @@ class GRPO(Trainer):
             row.update(rollout_s=0.0, reward_s=0.0, logprob_s=0.0, tokens=0.0)
         row["update_s"] = time.perf_counter() - t0
         return row
+
+    def _maybe_sync_reference(self) -> None:
+        config = self.config
+        if self.ref is not None and config.ref_sync_every and self.step_count % config.ref_sync_every == 0:
+            self._sync_reference()
 
     def _sync_reference(self) -> None:
         """ref <- alpha * policy + (1 - alpha) * ref, shard by shard."""

@@ -8,11 +8,15 @@ the policy that sampled, ref under the reference model):
     l_t    = -w_t min(rho_t A_i, clip(rho_t, 1 - eps_low, 1 + eps_high) A_i)  +  beta * k3_t
     k3_t   = exp(ref_t - logp_t) - (ref_t - logp_t) - 1                  (>= 0, unbiased for KL(pi || ref))
 
-w_t = 1 unless `weights_BT` gives a detached per-token weight (GRPO's `tis_cap`: min(pi_old / q, C) with q
+w_t = 1 unless `weights_M` gives a detached per-token weight (GRPO's `tis_cap`: min(pi_old / q, C) with q
 the truncated distribution actually sampled; rl/grpo.py says what that is). It weights the clipped
 policy term only, as TRL's correction does: it corrects the policy-gradient estimate for where the
 tokens were drawn, and the KL term stays a plain regulariser. Masked tokens
 (padding, prompts, optionally truncated completions) have l_t = 0.
+
+Every per-token input holds one value per token, M of them (any shape, the same for all: a packed
+micro-batch's targets): the log-probabilities, the advantage of each token's sequence, the mask and, for
+seq_mean, each token's sequence (`seq_M`).
 
 Normalisation (`norm`), with every count global (all micro-batches and ranks of the optimizer step):
 - "token_mean" (DAPO, the default): sum_{i,t} l_t / (number of valid tokens);
@@ -45,35 +49,41 @@ class LossCounts:
     max_completion_len: int
 
 
-def policy_loss(logp_BT: torch.Tensor, old_BT: torch.Tensor, adv_B: torch.Tensor, mask_BT: torch.Tensor,
-                counts: LossCounts, *, eps_low: float = 0.2, eps_high: float = 0.2, beta: float = 0.0,
-                ref_BT: torch.Tensor | None = None, weights_BT: torch.Tensor | None = None,
+def policy_loss(logp_M: torch.Tensor, old_M: torch.Tensor, adv_M: torch.Tensor, mask_M: torch.Tensor,
+                counts: LossCounts, *, seq_M: torch.Tensor | None = None, eps_low: float = 0.2, eps_high: float = 0.2,
+                beta: float = 0.0, ref_M: torch.Tensor | None = None, weights_M: torch.Tensor | None = None,
                 norm: str = "token_mean") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(this micro-batch's share of the step loss, per-token sums for the metrics: "kl", "clipped",
     "tokens"); see the module docstring."""
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-    mask = mask_BT.to(logp_BT.dtype)
-    ratio = torch.exp(logp_BT - old_BT)
-    adv = adv_B[:, None].to(logp_BT.dtype)
+    if norm == "seq_mean" and seq_M is None:
+        raise ValueError("norm='seq_mean' needs each token's sequence (seq_M)")
+    mask = mask_M.to(logp_M.dtype)
+    ratio = torch.exp(logp_M - old_M)
+    adv = adv_M.to(logp_M.dtype)
     clipped_ratio = ratio.clamp(1 - eps_low, 1 + eps_high)
     per_token = -torch.minimum(ratio * adv, clipped_ratio * adv)
-    if weights_BT is not None:
-        per_token = per_token * weights_BT.detach()
+    if weights_M is not None:
+        per_token = per_token * weights_M.detach()
     stats = {"tokens": mask.sum().detach()}
     clipped = ((ratio < 1 - eps_low) & (adv < 0)) | ((ratio > 1 + eps_high) & (adv > 0))
     stats["clipped"] = (clipped.to(mask.dtype) * mask).sum().detach()
     if beta > 0:
-        if ref_BT is None:
-            raise ValueError("beta > 0 needs the reference model's log-probabilities (ref_BT)")
-        k3 = kl(logp_BT, ref_BT, "k3")
+        if ref_M is None:
+            raise ValueError("beta > 0 needs the reference model's log-probabilities (ref_M)")
+        k3 = kl(logp_M, ref_M, "k3")
         per_token = per_token + beta * k3
         stats["kl"] = (k3.detach() * mask).sum()
     per_token = per_token * mask
     if norm == "token_mean":
         loss = per_token.sum() / counts.tokens
     elif norm == "seq_mean":
-        loss = (per_token.sum(1) / mask.sum(1).clamp(min=1)).sum() / counts.sequences
+        seq = seq_M.flatten()
+        n = int(seq.max()) + 1 if seq.numel() else 0
+        sums = per_token.new_zeros(n).index_add(0, seq, per_token.flatten())
+        lengths = mask.new_zeros(n).index_add(0, seq, mask.flatten())
+        loss = (sums / lengths.clamp(min=1)).sum() / counts.sequences
     else:
         loss = per_token.sum() / (counts.sequences * counts.max_completion_len)
     return loss, stats

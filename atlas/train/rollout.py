@@ -1,11 +1,11 @@
 """Rollouts: completions sampled from a step's prompts on the trainer's own model, and the micro-batches the
-trainer scores them in (GRPO and GKD both use them).
+trainer scores them in (GRPO's; GKD samples here too, one completion per prompt, and packs its sequences
+with atlas.train.data.micro_batches).
 
     batch = sample_rollouts(model, tokenizer, examples, params, seed=(config.seed, step))  # RolloutBatch
     batch.prompts, batch.completions, batch.columns          # the reward functions' arguments, built once
     for mb in rollout_micro_batches(batch.rollouts, size, pad_id, device, count):
-        hidden = model(mb.micro.input_ids_BT, return_hidden=True, **mb.micro.forward_kwargs())
-        logp_BT = model.token_logprobs(hidden, mb.micro.targets_BT)    # 0 off the completion tokens
+        logp_M = model.token_logprobs(mb.hidden(model), mb.targets_M)   # one per trained completion token
 
 Prompts: each example's prompt ids (`atlas.train.data.prompt_ids`, rendered once per prompt) are what the
 completion was sampled from and what log-probabilities are computed on (prompt + completion, one
@@ -19,11 +19,23 @@ learns to stop). A `RolloutBatch` holds the rollouts with the reward functions' 
 tools) are atlas/train/agent.py's; they land in the same RolloutBatch and micro-batches, the appended
 tool turns as context (no target).
 
-Micro-batches: sequences right-padded in micro-batches of at most `size`; the sampler's per-token
-log-probabilities (of the full and of the sampled distribution) are placed at the target positions once,
-as tensors (position p - 1 holds the value for the token at p), beside the ids; a trainer's own per-token
-tensors (old and reference log-probabilities) are laid out the same way. Every rank gets `count`
-micro-batches (empty ones pad), because every FSDP2 forward is a collective.
+Micro-batches: at most `size` rollouts each, packed into one row without padding, each prompt once: the
+rollouts of a micro-batch that share their prompt (a GRPO group; an agent's trajectories whose prompts
+are equal token for token, not merely alike) are laid out as the prompt, then each completion after it,
+with the prompt as the completions' parent (atlas.model.attention's packed regime with `parents`). Each
+completion attends to its prompt and to itself at the positions it had when sampled, so every hidden
+state equals the one of prompt + completion as one sequence, and the prompt's forward (and, in backward,
+the gradient into it, summed over its completions) is computed once instead of G times: the tokens a
+pass processes fall from G (|p| + |c|) to |p| + G |c|. Prompts are shared whole; two prompts that differ
+after a common prefix are not (their shared part is not found).
+The trained tokens are the completion tokens the model sampled (`Rollout.mask`: not an agent's appended
+tool turns), M of them: `targets_M`, with `predict_M` the row positions whose hidden states predict them
+(a completion's first token is predicted by its prompt's last position, shared by the group), `seq_M`
+their rollout's place in `rows`, `valid_M` whether they are trained (not a masked truncated rollout).
+The sampler's per-token log-probabilities (of the full and of the sampled distribution) are laid out on
+the targets once, as tensors; a trainer's own (old and reference log-probabilities) the same way
+(`place` / `take`). Every rank gets `count` micro-batches (empty ones pad), because every FSDP2 forward
+is a collective.
 
 Left out: rollouts served by another engine.
 """
@@ -38,7 +50,7 @@ import torch
 
 import atlas.distributed as ad
 from atlas.sampler import Sampler, SamplingParams, stream_seed
-from atlas.train.data import MicroBatch, micro_batches, prompt_ids, reward_inputs
+from atlas.train.data import prompt_ids, reward_inputs
 
 
 @dataclass
@@ -113,44 +125,100 @@ def my_prompts(count: int) -> list[int]:
 
 @dataclass
 class RolloutMicroBatch:
-    """One micro-batch of rollout sequences, with the sampler's log-probabilities laid out as its targets."""
+    """Rollouts packed into one row, each prompt once (see the module docstring), and their targets."""
 
-    micro: MicroBatch
+    ids_1N: torch.Tensor  # the packed row
+    cu_seqlens: torch.Tensor  # [S + 1] int32: prompts and completions
+    parents: torch.Tensor  # [S]: a completion's prompt, -1 for a prompt
     rows: list[int]  # indices into the rollout list; [] for an empty (padding) micro-batch
-    logprobs_BT: torch.Tensor  # the sampler's, full distribution, fp32, 0 off the completion
-    sampled_logprobs_BT: torch.Tensor  # under the distribution sampled (truncation), the same layout
+    predict_M: torch.Tensor  # the row position whose hidden state predicts each target
+    targets_M: torch.Tensor
+    seq_M: torch.Tensor  # each target's rollout, as its place in `rows`
+    valid_M: torch.Tensor  # bool: the target is trained
+    where: list[list[int]]  # per row, the completion tokens that are targets (their index in the completion)
+    logprobs_M: torch.Tensor = field(default=None)  # the sampler's, full distribution, fp32
+    sampled_logprobs_M: torch.Tensor = field(default=None)  # under the distribution sampled (truncation)
 
-    @property
-    def valid_BT(self) -> torch.Tensor:
-        return self.micro.targets_BT != -100
+    def forward_kwargs(self) -> dict[str, torch.Tensor]:
+        return {"cu_seqlens": self.cu_seqlens, "parents": self.parents}
 
-    def place(self, values: Sequence[Sequence[float]], rollouts: Sequence[Rollout]) -> torch.Tensor:
-        """values[r][j] (one per completion token of rollout r) at the target positions, [B, T] fp32."""
-        out = torch.zeros(self.micro.targets_BT.shape, dtype=torch.float32)
-        for b, r in enumerate(self.rows):
-            start = len(rollouts[r].prompt_ids) - 1
-            out[b, start:start + len(values[r])] = torch.tensor(values[r], dtype=torch.float32)
-        return out.to(self.micro.targets_BT.device)
+    def hidden(self, model) -> torch.Tensor:
+        """The final hidden states [M, H] that predict the targets: one forward of the packed row."""
+        hidden = model(self.ids_1N, return_hidden=True, **self.forward_kwargs())
+        return hidden[0].index_select(0, self.predict_M)
 
-    def take(self, values_BT: torch.Tensor, rollouts: Sequence[Rollout]) -> dict[int, list[float]]:
-        """The inverse of `place`: {rollout index: its completion tokens' values}."""
-        out = values_BT.cpu()
-        return {r: out[b, len(rollouts[r].prompt_ids) - 1:][:len(rollouts[r].completion_ids)].tolist()
-                for b, r in enumerate(self.rows)}
+    def place(self, values: Sequence[Sequence[float]]) -> torch.Tensor:
+        """values[r][j] (one per completion token of rollout r) on the targets, [M] fp32."""
+        flat = [values[r][j] for r, where in zip(self.rows, self.where) for j in where]
+        return torch.tensor(flat, dtype=torch.float32).to(self.targets_M.device)
+
+    def take(self, values_M: torch.Tensor, rollouts: Sequence[Rollout]) -> dict[int, list[float]]:
+        """The inverse of `place`: {rollout index: one value per completion token, 0 off the targets}."""
+        flat, out, m = values_M.cpu().tolist(), {}, 0
+        for r, where in zip(self.rows, self.where):
+            out[r] = [0.0] * len(rollouts[r].completion_ids)
+            for j in where:
+                out[r][j], m = flat[m], m + 1
+        return out
 
 
 def rollout_micro_batches(rollouts: Sequence[Rollout], size: int, pad_id: int, device: torch.device | str,
-                          count: int, masked: Sequence[bool] | None = None) -> list[RolloutMicroBatch]:
-    """`count` micro-batches of this rank's rollouts (prompt + completion, targets on the completion);
-    rollouts with `masked[r]` get no target (e.g. truncated completions when those are masked)."""
-    seqs = [(r.sequence, [0] * len(r.prompt_ids) + ([0] * len(r.completion_ids) if masked is not None and masked[i]
-                                                    else r.mask or [1] * len(r.completion_ids)))
-            for i, r in enumerate(rollouts)]
-    rows = [list(range(s, min(s + size, len(rollouts)))) for s in range(0, len(rollouts), size)]
-    out = []
-    for i, micro in enumerate(micro_batches(seqs, size, pack=False, pad_id=pad_id, device=device, count=count)):
-        mb = RolloutMicroBatch(micro, rows[i] if i < len(rows) else [], None, None)
-        mb.logprobs_BT = mb.place([r.logprobs for r in rollouts], rollouts)
-        mb.sampled_logprobs_BT = mb.place([r.sampled_logprobs for r in rollouts], rollouts)
-        out.append(mb)
-    return out
+                          count: int, masked: Sequence[bool] | None = None,
+                          rows: Sequence[int] | None = None) -> list[RolloutMicroBatch]:
+    """`count` micro-batches of this rank's rollouts (of those at `rows`, default all: at most `size` each,
+    in order, then empty ones); rollouts with `masked[r]` have targets but none trained (truncated
+    completions when those are masked)."""
+    rows = list(range(len(rollouts))) if rows is None else list(rows)
+    chunks = [rows[s:s + size] for s in range(0, len(rows), size)]
+    out = [_packed(rollouts, chunk, masked, device) for chunk in chunks]
+    empty = [_packed(rollouts, [], masked, device, pad_id) for _ in range(count - len(out))]
+    for mb in out + empty:
+        mb.logprobs_M = mb.place([r.logprobs for r in rollouts])
+        mb.sampled_logprobs_M = mb.place([r.sampled_logprobs for r in rollouts])
+    return out + empty
+
+
+def prompt_groups(rollouts: Sequence[Rollout], rows: list[int]) -> list[list[int]]:
+    """The places in `rows` of the rollouts that share one prompt computation: equal prompt ids."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for b, r in enumerate(rows):
+        groups.setdefault(tuple(rollouts[r].prompt_ids), []).append(b)
+    return list(groups.values())
+
+
+def _packed(rollouts: Sequence[Rollout], rows: list[int], masked: Sequence[bool] | None, device,
+            pad_id: int = 0) -> RolloutMicroBatch:
+    ids, lengths, parents, predict, targets, seq, valid = [], [], [], [], [], [], []
+    where: list[list[int]] = [[] for _ in rows]
+    for members in prompt_groups(rollouts, rows):
+        prompt = rollouts[rows[members[0]]].prompt_ids
+        parent, last = len(lengths), len(ids) + len(prompt) - 1
+        ids += prompt
+        lengths.append(len(prompt))
+        parents.append(-1)
+        for b in members:
+            rollout = rollouts[rows[b]]
+            start = len(ids)
+            ids += rollout.completion_ids
+            lengths.append(len(rollout.completion_ids))
+            parents.append(parent)
+            trained = not (masked is not None and masked[rows[b]])
+            for j, token in enumerate(rollout.completion_ids):
+                if rollout.mask is None or rollout.mask[j]:
+                    predict.append(last if j == 0 else start + j - 1)
+                    targets.append(token)
+                    seq.append(b)
+                    valid.append(trained)
+                    where[b].append(j)
+    # the targets in the rows' order (place / take walk rows in order)
+    order = sorted(range(len(targets)), key=lambda m: seq[m])
+    if not rows:  # an empty micro-batch: one pad token, no target (every rank still runs a forward)
+        ids, lengths, parents = [pad_id], [1], [-1]
+
+    def tensor(values, dtype=torch.long):
+        return torch.tensor(values, dtype=dtype, device=device)
+
+    return RolloutMicroBatch(
+        tensor([ids]), tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], torch.int32), tensor(parents), rows,
+        tensor([predict[m] for m in order]), tensor([targets[m] for m in order]), tensor([seq[m] for m in order]),
+        tensor([valid[m] for m in order], torch.bool), where)

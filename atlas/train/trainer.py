@@ -238,12 +238,17 @@ class Trainer(ABC):
         """Backward of a loss normalised by a global count: scaled by the world size against FSDP2's mean."""
         (loss * ad.world_size()).backward()
 
-    def optimizer_step(self) -> dict[str, float]:
-        """Advance one optimizer step: the step's learning rate, global clipping, the non-finite guard."""
+    def optimizer_step(self, apply: bool = True) -> dict[str, float]:
+        """Advance one optimizer step: the step's learning rate, global clipping, the non-finite guard.
+        `apply=False`: a step with nothing to learn from (every rank agrees) advances the count and the
+        schedule and leaves the weights and the optimizer's state as they are."""
         self.step_count += 1
         config = self.config
         lr = config.lr * lr_factor(self.step_count, config.max_steps, config.warmup_ratio, config.lr_schedule,
                                    config.min_lr_ratio)
+        if not apply:
+            self.optimizer.zero_grad(set_to_none=True)
+            return {"grad_norm": 0.0, "lr": lr, "skipped": 0, "skipped_total": self.guard.total}
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         params = [p for p in self.model.parameters() if p.requires_grad]

@@ -10,7 +10,7 @@ from atlas.rl import GRPO, GRPOConfig
 from atlas.train.metrics import read_metrics
 from tests.multiproc import run_ranks
 
-EXACT = ("step", "reward_mean", "reward_std", "completion_len_mean", "truncated_frac", "mixed_group_frac", "lr")
+EXACT = ("step", "reward_mean", "reward_std", "completion_len_mean", "truncated_frac", "zero_variance_frac", "lr")
 CLOSE = ("loss", "kl", "entropy", "grad_norm")
 
 

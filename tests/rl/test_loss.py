@@ -52,8 +52,11 @@ def test_policy_loss_by_hand(norm, beta, use_weights):
     eps_low, eps_high = 0.2, 0.28
     # the step's global counts include sequences of other micro-batches/ranks: the denominators are not local
     counts = LossCounts(tokens=20, sequences=6, max_completion_len=7)
-    loss, stats = policy_loss(logp, old, adv, mask, counts, eps_low=eps_low, eps_high=eps_high, beta=beta,
-                              ref_BT=ref, weights_BT=weights if use_weights else None, norm=norm)
+    # one value per token: the packed layout's flat targets (here the [3, 5] grid, flattened)
+    per_token = {"adv_M": adv[:, None].expand(3, 5).flatten(), "seq_M": torch.arange(3)[:, None].expand(3, 5).flatten()}
+    loss, stats = policy_loss(logp.flatten(), old.flatten(), per_token["adv_M"], mask.flatten(), counts,
+                              seq_M=per_token["seq_M"], eps_low=eps_low, eps_high=eps_high, beta=beta,
+                              ref_M=ref.flatten(), weights_M=weights.flatten() if use_weights else None, norm=norm)
     total, clipped, kl_sum = 0.0, 0, 0.0
     for i in range(3):
         seq = 0.0
@@ -82,7 +85,7 @@ def test_at_mu_1_the_ratio_is_one_and_the_gradient_is_the_policy_gradient():
     logp, _, _, _, adv, mask = _case()
     logp = logp.clone().requires_grad_()
     counts = LossCounts(tokens=int(mask.sum()), sequences=3, max_completion_len=5)
-    loss, stats = policy_loss(logp, logp.detach(), adv, mask, counts)
+    loss, stats = policy_loss(logp, logp.detach(), adv[:, None].expand(3, 5), mask, counts)
     assert stats["clipped"].item() == 0
     loss.backward()
     expected = -(adv[:, None] * mask) / counts.tokens  # d/dlogp of -A * rho at rho = 1

@@ -53,7 +53,7 @@ def test_each_stage_receives_what_it_should_and_the_loss_uses_the_sampled_prompt
         trainer = _teaching(tmp_path, HTTPChatClient(server.base_url))
         forwards = []
         real_forward = trainer.model.forward
-        trainer.model.forward = lambda ids, **kw: forwards.append(ids.tolist()) or real_forward(ids, **kw)
+        trainer.model.forward = lambda ids, **kw: forwards.append((ids.tolist(), kw)) or real_forward(ids, **kw)
         row = trainer.step(QUESTIONS)
         requests = [b["messages"][-1]["content"] for b in server.requests]
     rollouts = seen[0].rollouts
@@ -67,9 +67,13 @@ def test_each_stage_receives_what_it_should_and_the_loss_uses_the_sampled_prompt
     teachings = sorted((teaching_of(r.text) or "") for r in rollouts)
     assert sorted(t.split("\nTeaching: ", 1)[1] for t in taught) == teachings
     assert not any("<thinking>" in t or "thinking" in t.split("\nTeaching: ", 1)[1] for t in taught)
-    # the trainer's last forward (the loss's) ran on exactly the sampled prompts + completions, right-padded
-    rows = [tuple(row) for row in forwards[-1]]
-    assert len(rows) == 16 and all(any(row[:len(r.sequence)] == tuple(r.sequence) for row in rows) for r in rollouts)
+    # the trainer's last forward (the loss's) ran on exactly the sampled prompts + completions: packed, each
+    # prompt once and its completions after it (their parent)
+    (packed,), kw = forwards[-1]
+    bounds, parents = kw["cu_seqlens"].tolist(), kw["parents"].tolist()
+    pieces = [packed[a:b] for a, b in zip(bounds, bounds[1:])]
+    sequences = sorted(pieces[p] + piece for piece, p in zip(pieces, parents) if p >= 0)
+    assert sequences == sorted(r.sequence for r in rollouts) and len(sequences) == 16
     assert row["baseline_accuracy"] == 0.0 and 0 <= row["taught_accuracy"] <= 1
 
 
