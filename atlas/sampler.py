@@ -46,15 +46,21 @@ repetition penalties.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 
 import atlas.distributed as ad
 from atlas.kernels import token_logprobs
 from atlas.model import KVCache, Transformer
 from atlas.model.tokenizer import stop_ids
+
+PACK_MIN_ELEMENTS = 1 << 17  # smallest weight `prepacked` packs
 
 
 @dataclass
@@ -164,7 +170,7 @@ class Sampler:
         # An FSDP2 model is all-gathered once for the whole generation (in the dtype it computes in) and its
         # blocks run without hooks: one full copy of the parameters per rank for the duration, on top of the
         # shards, plus the cache (2 * L * B * S * KVH * D * bytes); see atlas.distributed.gathered.
-        with ad.gathered(self.model):
+        with self._weights():
             cache = self._kv_cache(B, max_len)  # after gathering: the dtype FSDP computes in
             hidden = self.model.forward(ids_PT, attention_mask_BT=mask_PT, cache=cache.every_nth_row(n),
                                         return_hidden=True)  # each prompt once...
@@ -188,6 +194,13 @@ class Sampler:
             raise ValueError(f"a prompt of {max(len(p) for p in prompt_ids)} tokens leaves no position to generate in "
                              f"(max_position_embeddings {limit}): shorten it")
         return Conversation(self, prompt_ids, params, streams)
+
+    @contextlib.contextmanager
+    def _weights(self) -> Iterator[None]:
+        """The parameters as generation reads them: gathered (FSDP2: atlas.distributed.gathered) and, eager on
+        CPU in fp32, prepacked (`prepacked`)."""
+        with ad.gathered(self.model), prepacked(self.model, enabled=not self.compile):
+            yield
 
     def _stop(self, params: SamplingParams) -> torch.Tensor:
         stop_ids = set(params.stop_token_ids or []) | (set() if params.ignore_eos else set(self.eos_token_ids))
@@ -295,7 +308,6 @@ class Conversation:
     def __init__(self, sampler: Sampler, prompt_ids: list[list[int]], params: SamplingParams,
                  streams: list[tuple[int, ...]]):
         self.sampler, self.params, self.streams, self.turns = sampler, params, list(streams), 0
-        model = sampler.model
         if len(self.streams) != len(prompt_ids):
             raise ValueError(f"one stream per row: {len(self.streams)} for {len(prompt_ids)} prompts")
         distinct: dict[tuple[int, ...], int] = {}
@@ -303,10 +315,10 @@ class Conversation:
         self._ids = [list(p) for p in distinct]
         self._rows = rows
         self.pending: list[int] = []  # each row's last sampled token, not yet in the cache
-        self._gathered = ad.gathered(model)
+        self._weights = sampler._weights()
 
     def __enter__(self) -> Conversation:
-        self._gathered.__enter__()
+        self._weights.__enter__()
         self._no_grad = torch.no_grad()
         self._no_grad.__enter__()
         model, device = self.sampler.model, self.sampler.model.device
@@ -326,7 +338,7 @@ class Conversation:
     def __exit__(self, *exc) -> None:
         self.cache = self.logits = None
         self._no_grad.__exit__(*exc)
-        self._gathered.__exit__(*exc)
+        self._weights.__exit__(*exc)
 
     def turn(self, budgets: list[int]) -> list[Completion]:
         """One turn of every row: sampled until it stops or has `budgets[b]` tokens."""
@@ -364,6 +376,36 @@ class Conversation:
         last = torch.tensor([len(x) - 1 for x in blocks], device=device)
         self.logits = model.lm_head(hidden[torch.arange(len(blocks), device=device), last])
         self.pending = []
+
+
+@contextlib.contextmanager
+def prepacked(model: Transformer, enabled: bool = True) -> Iterator[None]:
+    """Every nn.Linear of `model` with at least PACK_MIN_ELEMENTS weights (the LM head included) computes
+    through oneDNN on its weight reordered once ("prepacked", torch's own `mkldnn._reorder_linear_weight` /
+    `_linear_pointwise`, what inductor's CPU freezing uses) for the duration, on CPU in fp32 with oneDNN
+    available; a no-op otherwise. Decode multiplies a few rows by every weight: there MKL's GEMM runs at a
+    third to two thirds of the rate the prepacked one does (16 rows against a 49,152 x 576 head: 22.7
+    against 7.3 ms; BENCHMARKS.md, the decode step); below ~2^17 weights oneDNN's ~17 us per call costs
+    more than it saves. The sums run in another order than the trainer's GEMM: the sampler's
+    log-probabilities differ from the trainer's by fp32 rounding (BENCHMARKS.md). Costs one copy of those
+    weights for the duration and the reorder, about 0.15 s per call at 135M parameters."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear) and m.weight.numel() >= PACK_MIN_ELEMENTS]
+    if not (enabled and model.device.type == "cpu" and model.dtype == torch.float32
+            and torch.backends.mkldnn.is_available()):
+        yield
+        return
+    for m in linears:  # an instance attribute: nn.Module.__call__ finds it before the class's forward
+        m.forward = functools.partial(_packed_linear, torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), 16),
+                                      None if m.bias is None else m.bias.detach())
+    try:
+        yield
+    finally:
+        for m in linears:
+            del m.forward
+
+
+def _packed_linear(weight, bias, x: torch.Tensor) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
 def sample(logits_BV: torch.Tensor, params: SamplingParams, u_B: torch.Tensor | None):

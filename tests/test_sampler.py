@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import atlas.model as am
-from atlas.sampler import Sampler, SamplingParams
+from atlas.sampler import PACK_MIN_ELEMENTS, Sampler, SamplingParams, prepacked
 from tests.tiny import hf_model, save_hf
 
 VOCAB = 320
@@ -15,15 +15,22 @@ def _prompts(lengths, seed=0):
     return [torch.randint(0, VOCAB, (n,), generator=g).tolist() for n in lengths]
 
 
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory):
+# "wide": every weight has >= 2^17 entries, so on CPU the eager sampler computes them prepacked (oneDNN)
+SHAPES = {"small": {}, "wide": dict(hidden_size=512, intermediate_size=1024, num_attention_heads=8,
+                                    num_key_value_heads=4, head_dim=64)}
+
+
+@pytest.fixture(scope="module", params=sorted(SHAPES))
+def pair(request, tmp_path_factory):
     """A tiny Qwen3 (untied) whose LM head is scaled up so greedy decoding has no near-ties."""
-    hf = hf_model("qwen3", seed=1)
+    hf = hf_model("qwen3", seed=1, **SHAPES[request.param])
     with torch.no_grad():
-        hf.lm_head.weight.mul_(30)
+        hf.lm_head.weight.mul_(30 if request.param == "small" else 10)
     hf.generation_config.eos_token_id = None
     hf.config.eos_token_id = None
     model = am.from_pretrained(save_hf(hf, tmp_path_factory.mktemp("peaky")))
+    packs = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.weight.numel() >= PACK_MIN_ELEMENTS]
+    assert len(packs) == (0 if request.param == "small" else 1 + 7 * hf.config.num_hidden_layers)
     return hf, model
 
 
@@ -265,3 +272,17 @@ def test_uniforms_are_uniform_and_independent_across_rows_and_steps():
     for a, b in ((u[:, 1:], u[:, :-1]), (u[1:], u[:-1])):
         corr = torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1].item()
         assert abs(corr) < 5 / a.numel() ** 0.5
+
+
+def test_prepacked_linears_compute_what_the_plain_ones_do_and_are_restored(pair):
+    """Inside `prepacked`, each packed layer's output equals F.linear's to fp32 rounding (and the branch ran:
+    the module's forward is replaced); outside, the class's forward again."""
+    _, model = pair
+    x = torch.randn(3, 1, model.config.hidden_size)
+    layer = model.layers[0].self_attn.q_proj
+    plain = layer(x)
+    with torch.no_grad(), prepacked(model):
+        packed = layer(x)
+        assert ("forward" in vars(layer)) == (layer.weight.numel() >= PACK_MIN_ELEMENTS)
+    assert "forward" not in vars(layer)
+    torch.testing.assert_close(packed, plain.detach(), rtol=1e-5, atol=1e-5)
