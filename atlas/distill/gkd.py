@@ -38,7 +38,9 @@ Evaluation (`eval_every`): the student's greedy held-out success rate and mean c
 more often with shorter answers.
 
 Left out: sequence-level KD from a teacher served elsewhere, top-k (sparse) distillation, token-level
-mixing of on- and off-policy data within a step.
+mixing of on- and off-policy data within a step; shared-prefix passes: GKD samples one completion per
+prompt, so no two sequences share a prompt (GRPO's groups do: atlas.train.rollout), and the per-turn
+contexts of one trajectory, which repeat its earlier turns, are computed each in full.
 """
 
 from __future__ import annotations
