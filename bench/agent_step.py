@@ -21,8 +21,9 @@ Phases of the agent step: `turns` (the sampled turns: atlas.sampler.Conversation
 prefill), `tools` (run_tool, summed), the rest of the rollout (parsing, rendering tool turns, building the
 batch), then GRPO's own `reward_s`, `logprob_s`, `update_s`.
 
-The update and the log-prob passes follow the micro-batch's padded tokens (rows x the longest sequence):
-printed beside the table.
+The update and the log-prob passes run over the micro-batch's packed row (each prompt once, then its
+trajectories after it: atlas.train.rollout): its tokens are printed beside the table, with what padding
+every sequence to the longest would have been.
 
 Prefill with and without the cache: for the trajectories of one agent step that called a tool, the cost
 of continuing after the tool result by prefilling only the tool turn into the kept cache (what atlas does:
@@ -190,12 +191,14 @@ def main() -> None:
     tool_trainer.step(examples[cursor:cursor + P])
     grpo_module.agent_rollouts = real
     prefill = prefill_costs(tool_trainer.model, captured["batch"].rollouts)
-    lengths = [len(r.sequence) for r in captured["batch"].rollouts]
+    rollouts = captured["batch"].rollouts
+    lengths = [len(r.sequence) for r in rollouts]
+    packed = sum(len(p) for p in {tuple(r.prompt_ids) for r in rollouts}) + sum(len(r.completion_ids) for r in rollouts)
     one_turn_len = len(captured["batch"].rollouts[0].prompt_ids) + sampled  # the same prompts, ignore_eos
 
     out = {"machine": machine(), "shape": f"{P} prompts x {G}", "agent": agent_row, "one_turn": med["one_turn"],
            "rollout_other_s": rollout_rest, "prefill": prefill,
-           "sequence_tokens": {"agent_mean": statistics.mean(lengths), "agent_max": max(lengths),
+           "sequence_tokens": {"agent_mean": statistics.mean(lengths), "agent_max": max(lengths), "packed": packed,
                                "one_turn": one_turn_len}}
     print(f"# {out['machine']}; {P} prompts x {G} trajectories; medians of {len(rows['agent'])} steps each")
     print("| step | s/step | sampled tokens/traj | turns | rollout s | reward s | logprob s | update s |")
@@ -208,8 +211,9 @@ def main() -> None:
           f"tools {agent_row.get('tools', 0):.4f} s, the rest {rollout_rest:.3f} s; tool calls/traj "
           f"{agent_row['tool_calls_mean']:.2f}, tool tokens/traj {agent_row['appended_len_mean']:.1f}, "
           f"errors {agent_row['tool_error_frac']:.1%} of calls")
-    print(f"sequences: agent mean {statistics.mean(lengths):.0f} tokens, max {max(lengths)} (a micro-batch pads "
-          f"to it); one-turn {one_turn_len}")
+    print(f"sequences: agent mean {statistics.mean(lengths):.0f} tokens, max {max(lengths)}; the packed row "
+          f"{packed:,} tokens (padded: {len(lengths)} x {max(lengths)} = {len(lengths) * max(lengths):,}, "
+          f"unshared: {sum(lengths):,}); one-turn {one_turn_len}")
     print(f"continuing {prefill['rows']} rows after a tool result ({prefill['tool_turn_tokens_mean']:.1f} tool-turn "
           f"tokens, {prefill['context_tokens_mean']:.1f} context tokens each): prefill into the kept cache "
           f"{prefill['reuse_s'] * 1e3:.2f} ms, recompute the context {prefill['recompute_s'] * 1e3:.2f} ms "

@@ -85,11 +85,12 @@ def sentence(rng: random.Random, n: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(n))
 
 
-def build_checkpoint(directory: Path, vocab_size: int, shape: dict | None = None, seed: int = 0) -> Path:
-    """A tokenizer (byte-level BPE, 512 entries, ChatML template) and random Qwen2 weights, saved by
-    transformers: the one directory both trainers load."""
+def build_checkpoint(directory: Path, vocab_size: int, shape: dict | None = None, seed: int = 0,
+                     arch: str = "qwen2") -> Path:
+    """A tokenizer (byte-level BPE, 512 entries, ChatML template) and random weights of `arch` ("qwen2" or
+    "llama"), saved by transformers: the one directory both trainers load."""
+    import transformers
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import Qwen2Config, Qwen2ForCausalLM
 
     directory.mkdir(parents=True, exist_ok=True)
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -108,8 +109,10 @@ def build_checkpoint(directory: Path, vocab_size: int, shape: dict | None = None
     (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
     torch.manual_seed(seed)
     ids = {t: tok.token_to_id(t) for t in specials}
-    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=vocab_size, **(shape or SHAPE), eos_token_id=ids["<|im_end|>"],
-                                         pad_token_id=ids["<|endoftext|>"], bos_token_id=None))
+    name = {"qwen2": "Qwen2", "llama": "Llama"}[arch]
+    config = getattr(transformers, f"{name}Config")(vocab_size=vocab_size, **(shape or SHAPE), bos_token_id=None,
+                                                    eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
+    model = getattr(transformers, f"{name}ForCausalLM")(config)
     model.save_pretrained(directory)
     return directory
 
