@@ -380,18 +380,16 @@ class Conversation:
 
 @contextlib.contextmanager
 def prepacked(model: Transformer, enabled: bool = True) -> Iterator[None]:
-    """Every nn.Linear of `model` with at least PACK_MIN_ELEMENTS weights (the LM head included) computes
-    through oneDNN on its weight reordered once ("prepacked", torch's own `mkldnn._reorder_linear_weight` /
-    `_linear_pointwise`, what inductor's CPU freezing uses) for the duration, on CPU in fp32 with oneDNN
-    available; a no-op otherwise. Decode multiplies a few rows by every weight: there MKL's GEMM runs at a
-    third to two thirds of the rate the prepacked one does (16 rows against a 49,152 x 576 head: 22.7
-    against 7.3 ms; BENCHMARKS.md, the decode step); below ~2^17 weights oneDNN's ~17 us per call costs
-    more than it saves. The sums run in another order than the trainer's GEMM: the sampler's
-    log-probabilities differ from the trainer's by fp32 rounding (BENCHMARKS.md). Costs one copy of those
-    weights for the duration and the reorder, about 0.15 s per call at 135M parameters."""
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear) and m.weight.numel() >= PACK_MIN_ELEMENTS]
-    if not (enabled and model.device.type == "cpu" and model.dtype == torch.float32
-            and torch.backends.mkldnn.is_available()):
+    """For the duration, every nn.Linear of >= PACK_MIN_ELEMENTS weights (the LM head too) computes through
+    torch's oneDNN linear on its weight reordered once ("prepacked", as inductor's CPU freezing does); on CPU
+    in fp32 only, else a no-op. At decode's few rows MKL's GEMM runs at a third to two thirds of that rate
+    (16 rows x a 49,152 x 576 head: 22.7 against 7.3 ms, BENCHMARKS.md); under 2^17 weights oneDNN's ~17 us
+    per call costs more than it saves. The sums' order differs from the trainer's GEMM (a gap within fp32
+    rounding, BENCHMARKS.md). Costs a copy of those weights and ~0.15 s of reordering per call at 135M."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear) and m.weight.numel() >= PACK_MIN_ELEMENTS
+               and m.weight.dtype == torch.float32 and m.weight.device.type == "cpu"
+               and not hasattr(m.weight, "full_tensor")]  # a sharded (not gathered) weight is left as it is
+    if not (enabled and linears and torch.backends.mkldnn.is_available()):
         yield
         return
     for m in linears:  # an instance attribute: nn.Module.__call__ finds it before the class's forward
