@@ -318,9 +318,9 @@ class Conversation:
         self._weights = sampler._weights()
 
     def __enter__(self) -> Conversation:
-        self._weights.__enter__()
         self._no_grad = torch.no_grad()
         self._no_grad.__enter__()
+        self._weights.__enter__()
         model, device = self.sampler.model, self.sampler.model.device
         Tp = max(len(p) for p in self._ids)
         ids_PT = torch.zeros(len(self._ids), Tp, dtype=torch.long, device=device)
@@ -337,8 +337,8 @@ class Conversation:
 
     def __exit__(self, *exc) -> None:
         self.cache = self.logits = None
-        self._no_grad.__exit__(*exc)
         self._weights.__exit__(*exc)
+        self._no_grad.__exit__(*exc)
 
     def turn(self, budgets: list[int]) -> list[Completion]:
         """One turn of every row: sampled until it stops or has `budgets[b]` tokens."""
@@ -386,19 +386,23 @@ def prepacked(model: Transformer, enabled: bool = True) -> Iterator[None]:
     (16 rows x a 49,152 x 576 head: 22.7 against 7.3 ms, BENCHMARKS.md); under 2^17 weights oneDNN's ~17 us
     per call costs more than it saves. The sums' order differs from the trainer's GEMM (a gap within fp32
     rounding, BENCHMARKS.md). Costs a copy of those weights and ~0.15 s of reordering per call at 135M."""
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear) and m.weight.numel() >= PACK_MIN_ELEMENTS
+    linears = [m for m in model.modules() if type(m) is nn.Linear and m.weight.numel() >= PACK_MIN_ELEMENTS
                and m.weight.dtype == torch.float32 and m.weight.device.type == "cpu"
                and not hasattr(m.weight, "full_tensor")]  # a sharded (not gathered) weight is left as it is
-    if not (enabled and linears and torch.backends.mkldnn.is_available()):
+    if not (enabled and linears and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
         yield
         return
-    for m in linears:  # an instance attribute: nn.Module.__call__ finds it before the class's forward
-        m.forward = functools.partial(_packed_linear, torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), 16),
-                                      None if m.bias is None else m.bias.detach())
+    if torch.is_grad_enabled():
+        raise ValueError("prepacked weights carry no gradient: use them under torch.no_grad()")
+    patched = []
     try:
+        for m in linears:  # an instance attribute: nn.Module.__call__ finds it before the class's forward
+            m.forward = functools.partial(_packed_linear, torch.ops.mkldnn._reorder_linear_weight(m.weight, 16),
+                                          m.bias)
+            patched.append(m)
         yield
     finally:
-        for m in linears:
+        for m in patched:
             del m.forward
 
 

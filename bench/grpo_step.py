@@ -382,7 +382,6 @@ def memory_child(args) -> None:
         return wrapper
 
     _, _, _, P, user_tokens = SHAPES["tiny"]
-    messages = [[{"role": "user", "content": "x"}]]
     if args.method == "atlas":
         import atlas.model as am
 

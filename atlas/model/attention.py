@@ -1,6 +1,6 @@
 """How one forward attends: the regimes, one function each, chosen in one place (`attention_context`).
 
-    ctx, positions_BT = attention_context(input_ids_BT, attention_mask_BT, cu_seqlens, cache, flash=...)
+    ctx, positions_BT = attention_context(input_ids_BT, attention_mask_BT, cu_seqlens, cache, flash, parents)
 
 - packed (`cu_seqlens`, one row holding several sequences): each attends causally within itself, never
   across; positions restart per sequence. flash-attn's varlen kernel when the caller allows it (CUDA, half

@@ -218,9 +218,9 @@ class Transformer(nn.Module):
         positions_BT: torch.Tensor | None = None,
         attention_mask_BT: torch.Tensor | None = None,
         cu_seqlens: torch.Tensor | None = None,
-        parents: torch.Tensor | None = None,
         cache: KVCache | None = None,
         return_hidden: bool = False,
+        parents: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits [B, T, V] in the model's dtype, or with `return_hidden` the final normed hidden [B, T, H].
 

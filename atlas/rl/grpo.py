@@ -18,7 +18,8 @@ One rollout batch (`prompts_per_step` prompts x `num_generations` completions) p
    is scored in a no-grad pass; with `ref_sync_every` = k it moves toward the policy every k steps
    (ref <- alpha policy + (1 - alpha) ref), and then the resume state holds it. The sampler's own
    log-probabilities are compared with the trainer's at every rollout (`logprob_gap_mean/max`): one
-   model and one kernel, one number;
+   model, the same numbers up to fp32 rounding (decode on CPU multiplies by prepacked weights: another
+   GEMM, atlas.sampler.prepacked);
 4. the clipped, KL-penalised loss, normalised by global counts (loss_norm), micro-batch by micro-batch,
    then one optimizer step (clipping, the non-finite guard: atlas.train).
 The rollout batch is built once per `mu` steps (`TrainingBatch`): prompts rendered once, the reward
@@ -28,7 +29,8 @@ log-probabilities) as tensors laid out on them once; each optimizer step is one 
 Each prompt is computed once per group in every pass (reference, old, and the policy's forward and
 backward): the micro-batches pack each prompt once with its completions after it (atlas.train.rollout),
 which gives the log-probabilities and gradients of G separate sequences with |p| + G |c| tokens of work
-instead of G (|p| + |c|), and no compute on padding.
+instead of G (|p| + |c|), and no compute on padding. A group that `micro_batch_size` splits (a size that
+is not a multiple of G) computes its prompt once per micro-batch it spans.
 
 Groups whose G rewards are all equal (`zero_variance_frac` of them per step) have advantage 0 on every
 token. `zero_variance_groups: train` (the default, TRL's behaviour) keeps them: only their KL term acts
@@ -43,12 +45,11 @@ not from the policy's full distribution p at the sampling temperature. `tis_cap 
 token's clipped policy term (not its KL term, as TRL) by w_t = min(exp(old_t - log q_t), C), log q_t the
 sampler's own `Completion.sampled_logprobs` (no extra forward). A sampled token is one the truncation
 kept, where q = p / Z with Z the probability mass kept, and old is the sampling policy's log p (the same
-weights, model and kernel), so w_t = min(Z_t, C) = Z_t <= 1: a per-token weight equal to the kept mass,
+weights and model), so w_t = min(Z_t, C) = Z_t <= 1 (to fp32 rounding): a per-token weight equal to the kept mass,
 which the cap bounds only when C < 1. TRL computes the same ratio from vLLM's processed log-probabilities
 (`logprobs_mode="processed_logprobs"`: after temperature and top-k/top-p), but those come from another
 engine, so its ratio mixes the kept mass with the two engines' numerical mismatch (which its
-`vllm_importance_sampling_clip_*` bounds tame); here both log-probabilities come from one model and one
-kernel.
+`vllm_importance_sampling_clip_*` bounds tame); here both log-probabilities come from one model.
 
 Agents (`tools=[fn, ...]` and/or `environment_factory=cls`, TRL's conventions): step 1 rolls each
 trajectory out turn by turn through the tools (atlas.train.agent: calls read in the template's format,
@@ -263,10 +264,12 @@ class GRPO(Trainer):
             out: dict[int, list[float]] = {}
             for mb, values in zip(b.micro, values_M):
                 out.update(mb.take(values, b.rollouts))
-            return [out[r] for r in range(len(b.rollouts))]
+            return [out.get(r, [0.0] * len(b.rollouts[r].completion_ids)) for r in range(len(b.rollouts))]
 
+        # rollouts left out (zero_variance_groups="skip") have no micro-batch: advantage and values 0
         adv = {r: a for mb, adv_B in zip(b.micro, b.adv_B) for r, a in zip(mb.rows, adv_B.tolist())}
-        return {"rollouts": [vars(r) for r in b.rollouts], "advantages": [adv[r] for r in range(len(b.rollouts))],
+        return {"rollouts": [vars(r) for r in b.rollouts],
+                "advantages": [adv.get(r, 0.0) for r in range(len(b.rollouts))],
                 "old": None if b.old_M is None else per_rollout(b.old_M),
                 "ref": None if b.ref_M is None else per_rollout(b.ref_M),
                 "counts": vars(b.counts), "metrics": b.metrics, "kept": b.kept, "inner": b.inner}
@@ -275,12 +278,13 @@ class GRPO(Trainer):
         if not state:
             return
         rollouts = [Rollout(**r) for r in state["rollouts"]]
-        micro = self._micro_batches(rollouts, state["kept"])
+        kept = state.get("kept", list(range(len(rollouts))))  # a state saved before skipping existed: all kept
+        micro = self._micro_batches(rollouts, kept)
         self.rollout_batch = TrainingBatch(
             rollouts, micro, self._advantages_by_micro(micro, state["advantages"]),
             None if state["old"] is None else [mb.place(state["old"]) for mb in micro],
             None if state["ref"] is None else [mb.place(state["ref"]) for mb in micro],
-            LossCounts(**state["counts"]), state["metrics"], state["kept"], state["inner"])
+            LossCounts(**state["counts"]), state["metrics"], kept, state["inner"])
 
     # rewards
 
@@ -348,8 +352,9 @@ class GRPO(Trainer):
         n_total = len(examples) * G
         counts = LossCounts(tokens=int(sums["trained"]), sequences=int(sums["kept"]),
                             max_completion_len=config.max_new_tokens)
-        old = self._logprobs(self.model, micro) if config.mu > 1 else None
-        ref = self._logprobs(self.ref, micro) if self.ref is not None else None
+        learns = counts.tokens > 0  # the same on every rank; else the step leaves the weights (_update)
+        old = self._logprobs(self.model, micro) if config.mu > 1 and learns else None
+        ref = self._logprobs(self.ref, micro) if self.ref is not None and learns else None
         t3 = time.perf_counter()
         metrics = {"reward_mean": mean, "reward_std": std, "zero_variance_frac": sums["flat"] / len(examples),
                    **reward_metrics, "completion_len_mean": sums["sampled"] / n_total,

@@ -11,8 +11,8 @@ the policy that sampled, ref under the reference model):
 w_t = 1 unless `weights_M` gives a detached per-token weight (GRPO's `tis_cap`: min(pi_old / q, C) with q
 the truncated distribution actually sampled; rl/grpo.py says what that is). It weights the clipped
 policy term only, as TRL's correction does: it corrects the policy-gradient estimate for where the
-tokens were drawn, and the KL term stays a plain regulariser. Masked tokens
-(padding, prompts, optionally truncated completions) have l_t = 0.
+tokens were drawn, and the KL term stays a plain regulariser. Masked tokens (truncated completions
+when those are masked) have l_t = 0.
 
 Every per-token input holds one value per token, M of them (any shape, the same for all: a packed
 micro-batch's targets): the log-probabilities, the advantage of each token's sequence, the mask and, for
@@ -59,6 +59,11 @@ def policy_loss(logp_M: torch.Tensor, old_M: torch.Tensor, adv_M: torch.Tensor, 
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     if norm == "seq_mean" and seq_M is None:
         raise ValueError("norm='seq_mean' needs each token's sequence (seq_M)")
+    given = {"old_M": old_M, "adv_M": adv_M, "mask_M": mask_M, "seq_M": seq_M, "ref_M": ref_M, "weights_M": weights_M}
+    wrong = {k: tuple(v.shape) for k, v in given.items() if v is not None and v.shape != logp_M.shape}
+    if wrong:
+        raise ValueError(f"every per-token input needs logp_M's shape {tuple(logp_M.shape)} (one value per token: "
+                         f"an advantage per token, not per sequence); got {wrong}")
     mask = mask_M.to(logp_M.dtype)
     ratio = torch.exp(logp_M - old_M)
     adv = adv_M.to(logp_M.dtype)

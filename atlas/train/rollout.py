@@ -1,6 +1,6 @@
 """Rollouts: completions sampled from a step's prompts on the trainer's own model, and the micro-batches the
-trainer scores them in (GRPO's; GKD samples here too, one completion per prompt, and packs its sequences
-with atlas.train.data.micro_batches).
+trainer scores them in (GRPO's; GKD samples here too, one completion per prompt, and lays its sequences
+out with atlas.train.data.micro_batches).
 
     batch = sample_rollouts(model, tokenizer, examples, params, seed=(config.seed, step))  # RolloutBatch
     batch.prompts, batch.completions, batch.columns          # the reward functions' arguments, built once
@@ -192,12 +192,16 @@ def _packed(rollouts: Sequence[Rollout], rows: list[int], masked: Sequence[bool]
     where: list[list[int]] = [[] for _ in rows]
     for members in prompt_groups(rollouts, rows):
         prompt = rollouts[rows[members[0]]].prompt_ids
+        if not prompt:
+            raise ValueError(f"rollout {rows[members[0]]} has an empty prompt: nothing predicts its first token")
         parent, last = len(lengths), len(ids) + len(prompt) - 1
         ids += prompt
         lengths.append(len(prompt))
         parents.append(-1)
         for b in members:
             rollout = rollouts[rows[b]]
+            if not rollout.completion_ids:  # no token to score: no sequence
+                continue
             start = len(ids)
             ids += rollout.completion_ids
             lengths.append(len(rollout.completion_ids))

@@ -90,3 +90,12 @@ def test_at_mu_1_the_ratio_is_one_and_the_gradient_is_the_policy_gradient():
     loss.backward()
     expected = -(adv[:, None] * mask) / counts.tokens  # d/dlogp of -A * rho at rho = 1
     assert torch.allclose(logp.grad, expected, atol=1e-12)
+
+
+def test_policy_loss_refuses_inputs_it_would_misread():
+    logp, old, _, _, adv, mask = _case()
+    counts = LossCounts(tokens=int(mask.sum()), sequences=3, max_completion_len=5)
+    with pytest.raises(ValueError, match="an advantage per token, not per sequence"):
+        policy_loss(logp, old, adv, mask, counts)  # adv [3] against [3, 5] tokens: no silent broadcast
+    with pytest.raises(ValueError, match="seq_M"):
+        policy_loss(logp, old, adv[:, None].expand(3, 5), mask, counts, norm="seq_mean")

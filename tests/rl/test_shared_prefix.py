@@ -285,3 +285,46 @@ def test_a_step_whose_groups_are_all_skipped_leaves_the_weights(tmp_path):
     assert row["zero_variance_frac"] == 1.0 and row["trained_tokens"] == 0 and row["tokens"] > 0
     assert trainer.step_count == 1 and row["loss"] == 0.0
     assert all(torch.equal(a, b.detach()) for a, b in zip(before, trainer.model.parameters()))
+
+
+def test_skip_with_mu_2_resumes_mid_rollout_batch_exactly(tmp_path):
+    """The resume state of a rollout batch whose zero-variance groups were left out (no micro-batch holds
+    them) restores the same kept rollouts: the rows are the uninterrupted run's."""
+    settings = dict(zero_variance_groups="skip", prompts_per_step=8)
+    _grpo(tmp_path / "straight", **settings).train(EXAMPLES)
+    expected = read_metrics(tmp_path / "straight" / "metrics.jsonl")
+    cut = _grpo(tmp_path / "cut", **settings)
+    real_step = cut.step
+
+    def step_then_sigterm(batch):
+        row = real_step(batch)
+        if cut.step_count == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return row
+
+    cut.step = step_then_sigterm
+    assert cut.train(EXAMPLES)["interrupted"] and cut.rollout_batch.inner == 1
+    assert len(cut.rollout_batch.kept) < len(cut.rollout_batch.rollouts)  # groups were skipped in the cut batch
+    _grpo(tmp_path / "cut", resume=True, **settings).train(EXAMPLES)
+    got = read_metrics(tmp_path / "cut" / "metrics.jsonl")
+    keys = (*KEYS, "loss", "kl", "grad_norm", "trained_tokens")
+    assert [{k: r[k] for k in keys} for r in got] == [{k: r[k] for k in keys} for r in expected]
+
+
+@pytest.mark.parametrize("parents, message", [([-1, 0, 1], "without a parent of its own"), ([-1, 2, -1], "earlier"),
+                                              ([-1, 0], "for each of the 3 sequences"), ([-2, 0, 0], "or -1")])
+def test_parents_that_name_no_valid_prefix_are_refused(parents, message):
+    model = _model(dtype=torch.float32)
+    with pytest.raises(ValueError, match=message):
+        model(torch.arange(1, 10)[None], cu_seqlens=torch.tensor([0, 3, 6, 9], dtype=torch.int32),
+              parents=torch.tensor(parents))
+
+
+def test_an_empty_completion_adds_no_sequence_and_an_empty_prompt_is_refused():
+    rollouts = _rollouts([6], 3, seed=5)
+    rollouts[1].completion_ids, rollouts[1].logprobs, rollouts[1].sampled_logprobs = [], [], []
+    (mb,) = rollout_micro_batches(rollouts, 3, 0, "cpu", 1)
+    assert mb.parents.tolist() == [-1, 0, 0] and mb.seq_M.unique().tolist() == [0, 2]
+    rollouts[0].prompt_ids = []
+    with pytest.raises(ValueError, match="empty prompt"):
+        rollout_micro_batches(rollouts[:1], 1, 0, "cpu", 1)
