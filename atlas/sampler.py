@@ -48,19 +48,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
 
 import atlas.distributed as ad
 from atlas.kernels import token_logprobs
 from atlas.model import KVCache, Transformer
+from atlas.model.prepack import prepacked
 from atlas.model.tokenizer import stop_ids
-
-PACK_MIN_ELEMENTS = 1 << 17  # smallest weight `prepacked` packs
 
 
 @dataclass
@@ -198,7 +195,7 @@ class Sampler:
     @contextlib.contextmanager
     def _weights(self) -> Iterator[None]:
         """The parameters as generation reads them: gathered (FSDP2: atlas.distributed.gathered) and, eager on
-        CPU in fp32, prepacked (`prepacked`)."""
+        CPU in fp32, prepacked (atlas.model.prepack)."""
         with ad.gathered(self.model), prepacked(self.model, enabled=not self.compile):
             yield
 
@@ -376,38 +373,6 @@ class Conversation:
         last = torch.tensor([len(x) - 1 for x in blocks], device=device)
         self.logits = model.lm_head(hidden[torch.arange(len(blocks), device=device), last])
         self.pending = []
-
-
-@contextlib.contextmanager
-def prepacked(model: Transformer, enabled: bool = True) -> Iterator[None]:
-    """For the duration, every nn.Linear of >= PACK_MIN_ELEMENTS weights (the LM head too) computes through
-    torch's oneDNN linear on its weight reordered once ("prepacked", as inductor's CPU freezing does); on CPU
-    in fp32 only, else a no-op. At decode's few rows MKL's GEMM runs at a third to two thirds of that rate
-    (16 rows x a 49,152 x 576 head: 22.7 against 7.3 ms, BENCHMARKS.md); under 2^17 weights oneDNN's ~17 us
-    per call costs more than it saves. The sums' order differs from the trainer's GEMM (a gap within fp32
-    rounding, BENCHMARKS.md). Costs a copy of those weights and ~0.15 s of reordering per call at 135M."""
-    linears = [m for m in model.modules() if type(m) is nn.Linear and m.weight.numel() >= PACK_MIN_ELEMENTS
-               and m.weight.dtype == torch.float32 and m.weight.device.type == "cpu"
-               and not hasattr(m.weight, "full_tensor")]  # a sharded (not gathered) weight is left as it is
-    if not (enabled and linears and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
-        yield
-        return
-    if torch.is_grad_enabled():
-        raise ValueError("prepacked weights carry no gradient: use them under torch.no_grad()")
-    patched = []
-    try:
-        for m in linears:  # an instance attribute: nn.Module.__call__ finds it before the class's forward
-            m.forward = functools.partial(_packed_linear, torch.ops.mkldnn._reorder_linear_weight(m.weight, 16),
-                                          m.bias)
-            patched.append(m)
-        yield
-    finally:
-        for m in patched:
-            del m.forward
-
-
-def _packed_linear(weight, bias, x: torch.Tensor) -> torch.Tensor:
-    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
 def sample(logits_BV: torch.Tensor, params: SamplingParams, u_B: torch.Tensor | None):

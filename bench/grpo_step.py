@@ -34,7 +34,7 @@ Decode step against the floor (atlas's sampler, the timed shape, P x 8 rows): th
 new tokens - time of 1) / 32 through `Sampler.generate`; the floors, measured here: reading the weights'
 bytes once (a sum over a buffer of their size: the memory bandwidth), and the matmul FLOPs of one step
 (2 x rows x the parameters of every linear layer) at the best rate this machine's GEMMs reach on the
-model's own matrices (256 rows at once). Also the step without prepacked weights (`atlas.sampler.prepacked`
+model's own matrices (256 rows at once). Also the step without prepacked weights (`atlas.model.prepack`
 off: MKL's GEMM, as before it), alternating with the default, and the step's matmuls alone through MKL
 (every linear layer at the decode's rows).
 
@@ -310,7 +310,7 @@ def timing(args, root: Path) -> None:
 
 def decode_floor(model, tokenizer, prompt_ids: list[list[int]]) -> None:
     """atlas's decode step at len(prompt_ids) x G rows against the floors (the module docstring)."""
-    import atlas.sampler as sampler_module
+    import atlas.model.prepack as prepack
     from atlas.sampler import Sampler, SamplingParams
 
     def best(fn, repeats=5) -> float:
@@ -346,12 +346,12 @@ def decode_floor(model, tokenizer, prompt_ids: list[list[int]]) -> None:
         return statistics.median((best(new(33), 1) - best(new(1), 1)) / 32 for _ in range(3))
 
     steps: dict[str, list[float]] = {"prepacked": [], "plain": []}
-    packable = sampler_module.PACK_MIN_ELEMENTS
+    packable = prepack.PACK_MIN_ELEMENTS
     for _ in range(2):  # alternating: the machine drifts
         for name, size in (("prepacked", packable), ("plain", 1 << 62)):
-            sampler_module.PACK_MIN_ELEMENTS = size
+            prepack.PACK_MIN_ELEMENTS = size
             steps[name].append(step_s())
-    sampler_module.PACK_MIN_ELEMENTS = packable
+    prepack.PACK_MIN_ELEMENTS = packable
     step, plain = (statistics.median(steps[k]) for k in ("prepacked", "plain"))
     floor = max(read, flops / rate)
     print(f"\ndecode step at {rows} rows: {step * 1e3:.1f} ms ({floor / step:.0%} of the floor's rate); without "

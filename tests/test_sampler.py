@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import atlas.model as am
-from atlas.sampler import PACK_MIN_ELEMENTS, Sampler, SamplingParams, prepacked
+from atlas.model.prepack import PACK_MIN_ELEMENTS, prepacked
+from atlas.sampler import Sampler, SamplingParams
 from tests.tiny import hf_model, save_hf
 
 VOCAB = 320

@@ -19,7 +19,7 @@ One rollout batch (`prompts_per_step` prompts x `num_generations` completions) p
    (ref <- alpha policy + (1 - alpha) ref), and then the resume state holds it. The sampler's own
    log-probabilities are compared with the trainer's at every rollout (`logprob_gap_mean/max`): one
    model, the same numbers up to fp32 rounding (decode on CPU multiplies by prepacked weights: another
-   GEMM, atlas.sampler.prepacked);
+   GEMM, atlas.model.prepack);
 4. the clipped, KL-penalised loss, normalised by global counts (loss_norm), micro-batch by micro-batch,
    then one optimizer step (clipping, the non-finite guard: atlas.train).
 The rollout batch is built once per `mu` steps (`TrainingBatch`): prompts rendered once, the reward

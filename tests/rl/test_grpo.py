@@ -3,8 +3,6 @@ batching, exact resume through a SIGTERM mid mu-cycle, exact truncated-sampling 
 functions receive and how their failures stop the run, config checks, and a short run that learns."""
 
 import math
-import os
-import signal
 
 import pytest
 import torch
@@ -15,6 +13,7 @@ from atlas.embedded import model_path, task
 from atlas.reward import answer_match
 from atlas.rl import GRPO, GRPOConfig
 from atlas.train.metrics import read_metrics
+from tests.signals import sigterm_after
 
 EXAMPLES = task.examples("train")[:64]
 KEYS = ("step", "loss", "kl", "reward_mean", "grad_norm", "lr", "completion_len_mean", "clip_frac")
@@ -65,15 +64,7 @@ def test_resume_after_sigterm_mid_cycle_continues_the_exact_run(tmp_path, mu, re
     expected = read_metrics(tmp_path / "straight" / "run" / "metrics.jsonl")
 
     cut = _grpo(tmp_path / "cut", **settings)
-    real_step = cut.step
-
-    def step_then_sigterm(batch):
-        row = real_step(batch)
-        if cut.step_count == 3:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return row
-
-    cut.step = step_then_sigterm
+    sigterm_after(cut, 3)
     out = cut.train(EXAMPLES)
     assert out["interrupted"] and out["step"] == 3
     assert (cut.rollout_batch is not None and cut.rollout_batch.inner == 1) if mu == 2 else cut.rollout_batch is None

@@ -17,6 +17,7 @@ from atlas.train.metrics import read_metrics
 from atlas.train.tools import ERRORS
 from tests import agent
 from tests.multiproc import run_ranks
+from tests.signals import sigterm_after
 
 TRAIN, HELD_OUT = agent.problems(256), agent.problems(8, seed=9)
 TOOL_KEYS = ("turns_mean", "tool_calls_mean", "tool_error_frac", *(f"tool_error_frac_{r}" for r in ERRORS),
@@ -91,15 +92,7 @@ def test_resume_mid_cycle_continues_the_same_trajectories(taught_agent, tmp_path
     straight.train(TRAIN)
     expected = read_metrics(tmp_path / "straight" / "metrics.jsonl")
     cut = _grpo(taught_agent, tmp_path / "cut", **settings)
-    real_step = cut.step
-
-    def step_then_sigterm(batch):
-        row = real_step(batch)
-        if cut.step_count == 3:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return row
-
-    cut.step = step_then_sigterm
+    sigterm_after(cut, 3)
     assert cut.train(TRAIN)["interrupted"]
     assert cut.rollout_batch.inner == 1 and any(r.turns > 1 for r in cut.rollout_batch.rollouts)
     # each rank keeps its own rollouts: a state whose ranks differ cannot resume on another world size

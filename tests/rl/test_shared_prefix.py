@@ -6,9 +6,7 @@ turns masked), with activation checkpointing, on 2 FSDP2 processes (fp32 and bf1
 GRPO run with mu = 2 cut by SIGTERM mid rollout batch equals the unshared run. `zero_variance_groups: skip`
 changes the loss as GRPO's docstring says (a hand-computed case)."""
 
-import os
 import random
-import signal
 
 import pytest
 import torch
@@ -24,6 +22,7 @@ from atlas.rl import GRPO, GRPOConfig
 from atlas.train.metrics import read_metrics
 from atlas.train.rollout import Rollout, rollout_micro_batches
 from tests.multiproc import run_ranks
+from tests.signals import sigterm_after
 
 VOCAB = 96
 
@@ -224,15 +223,7 @@ def test_grpo_shared_with_a_resume_mid_rollout_batch_equals_the_unshared_run(tmp
     expected = read_metrics(tmp_path / "unshared" / "metrics.jsonl")
 
     cut = _grpo(tmp_path / "shared")
-    real_step = cut.step
-
-    def step_then_sigterm(batch):
-        row = real_step(batch)
-        if cut.step_count == 3:  # the first inner step of the second rollout batch
-            os.kill(os.getpid(), signal.SIGTERM)
-        return row
-
-    cut.step = step_then_sigterm
+    sigterm_after(cut, 3)
     assert cut.train(EXAMPLES)["interrupted"]
     _grpo(tmp_path / "shared", resume=True).train(EXAMPLES)
     got = read_metrics(tmp_path / "shared" / "metrics.jsonl")
@@ -294,15 +285,7 @@ def test_skip_with_mu_2_resumes_mid_rollout_batch_exactly(tmp_path):
     _grpo(tmp_path / "straight", **settings).train(EXAMPLES)
     expected = read_metrics(tmp_path / "straight" / "metrics.jsonl")
     cut = _grpo(tmp_path / "cut", **settings)
-    real_step = cut.step
-
-    def step_then_sigterm(batch):
-        row = real_step(batch)
-        if cut.step_count == 3:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return row
-
-    cut.step = step_then_sigterm
+    sigterm_after(cut, 3)
     assert cut.train(EXAMPLES)["interrupted"] and cut.rollout_batch.inner == 1
     assert len(cut.rollout_batch.kept) < len(cut.rollout_batch.rollouts)  # groups were skipped in the cut batch
     _grpo(tmp_path / "cut", resume=True, **settings).train(EXAMPLES)

@@ -3,8 +3,6 @@ real SIGTERM) continues the exact run, the HF export loads in transformers, a sh
 
 import json
 import math
-import os
-import signal
 
 import pytest
 import torch
@@ -13,6 +11,7 @@ import atlas.model as am
 from atlas.distill import SFT, SFTConfig
 from atlas.train.data import encode_conversation
 from atlas.train.metrics import read_metrics
+from tests.signals import sigterm_after
 from tests.tiny import build_tokenizer, hf_model, save_hf
 
 EXAMPLES = [{"prompt": f"What is {a} times 7?", "completion": f"The answer is {a * 7}."} for a in range(24)]
@@ -86,15 +85,7 @@ def test_resume_after_sigterm_continues_the_exact_run(files, tmp_path):
     expected = read_metrics(tmp_path / "straight" / "run" / "metrics.jsonl")
 
     interrupted = _trainer(files, tmp_path / "cut", max_steps=6, save_every=2, eval_every=3)
-    real_step = interrupted.step
-
-    def step_then_sigterm(batch):  # a real signal, handled between steps
-        row = real_step(batch)
-        if interrupted.step_count == 3:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return row
-
-    interrupted.step = step_then_sigterm
+    sigterm_after(interrupted, 3)
     out = interrupted.train(EXAMPLES[:16], EXAMPLES[16:])
     assert out["interrupted"] and out["step"] == 3
     run = tmp_path / "cut" / "run"
